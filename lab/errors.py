@@ -1,0 +1,13 @@
+"""Errors that mean "the user gave us something bad" (a file, a flag, a scenario).
+
+The CLI turns any of these into one line on stderr and exit status 2. Anything
+else is a bug in wirelab and is allowed to show its traceback.
+"""
+from simulator.errors import SimulatorError
+
+
+class LabError(Exception):
+    """Bad input to the lab: a file it cannot use, a flag value it cannot honour."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (LabError, SimulatorError, OSError)

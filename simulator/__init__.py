@@ -1,0 +1,1 @@
+"""Packet-level model of the wire. Pure computation: no sockets, no files."""
