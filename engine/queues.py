@@ -1,0 +1,227 @@
+"""Seqlocked broadcast queues and vectors in shared memory (Mantra's ICC layer).
+
+Queue: a ring of fixed-size slots. Every consumer sees every message; a producer
+never waits for consumers. A consumer knows which slot version it expects for
+its next message, so it can tell "not yet written" (lower) from "sped past"
+(higher), and it recovers by skipping to the oldest message still in the ring.
+With one producer the sequence is local (SPMC); several producers claim
+sequence numbers with an atomic fetch-add on the shared head (MPMC).
+
+SeqlockVector: the latest value per key; writers overwrite, readers always see
+a whole value.
+
+Any process can attach by name and read, which is how observers work.
+
+Segment layout (all little-endian u64): 0 magic, 8 capacity, 16 slot stride,
+24 payload size, 32 dtype fingerprint, 64 head (next sequence number, on its own
+cache line); slots from 128, each [u64 version][payload], 64-byte aligned.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from engine import _native
+
+MAGIC_QUEUE = int.from_bytes(b"WLQUEUE\0", "little")
+MAGIC_VECTOR = int.from_bytes(b"WLVECTOR", "little")
+HEADER_BYTES = 128
+HEAD_OFFSET = 64
+CACHE_LINE = 64
+PREFIX = "wirelab-"
+
+
+class QueueError(RuntimeError):
+    """A queue could not be created or attached (name taken, missing, wrong layout)."""
+
+
+def fingerprint(dtype: np.dtype) -> int:
+    return int.from_bytes(hashlib.blake2b(str(np.dtype(dtype).descr).encode(), digest_size=8).digest(), "little")
+
+
+class _Attachment:
+    """Another process's segment, mapped directly. Unlike SharedMemory on Python < 3.13 it
+    does not register with the resource tracker, which would remove the segment when an
+    observer exits (or, in a forked child, drop its creator's registration)."""
+
+    def __init__(self, name: str):
+        try:
+            fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+        except FileNotFoundError:
+            raise QueueError(f"no shared memory named {name!r}") from None
+        try:
+            self._map = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._map)
+
+    def close(self):
+        self.buf.release()
+        self._map.close()
+
+
+class _Segment:
+    """A named shared-memory segment with the common header. Owner-only (mode 0600)."""
+
+    def __init__(self, name: str, dtype, create: bool, magic: int, capacity: int):
+        self.name, self.dtype = name, np.dtype(dtype)
+        self.payload_size = self.dtype.itemsize
+        self.stride = -(-(8 + self.payload_size) // CACHE_LINE) * CACHE_LINE
+        if create:
+            if capacity <= 0 or capacity & (capacity - 1):
+                raise QueueError(f"capacity must be a power of two, got {capacity}")
+            try:
+                self.shm = shared_memory.SharedMemory(PREFIX + name, create=True,
+                                                      size=HEADER_BYTES + capacity * self.stride)
+            except FileExistsError:
+                raise QueueError(f"shared memory {PREFIX + name!r} already exists") from None
+            struct.pack_into("<5Q", self.shm.buf, 0, magic, capacity, self.stride, self.payload_size,
+                             fingerprint(self.dtype))
+            self.owner = True
+        else:
+            self.shm = _Attachment(PREFIX + name)
+            self.owner = False
+            found = struct.unpack_from("<5Q", self.shm.buf, 0) if len(self.shm.buf) >= HEADER_BYTES else ()
+            if found[:1] != (magic,) or found[2:] != (self.stride, self.payload_size, fingerprint(self.dtype)):
+                self.shm.close()
+                raise QueueError(f"{PREFIX + name!r} does not hold this kind of {type(self).__name__} or dtype")
+            capacity = found[1]
+        self.capacity = capacity
+        self.buf = self.shm.buf
+
+    def slot_offset(self, index: int) -> int:
+        return HEADER_BYTES + (index & (self.capacity - 1)) * self.stride
+
+    def close(self):
+        """Detach; the creator also removes the segment."""
+        if self.buf is None:
+            return
+        self.buf = None
+        self.shm.close()
+        if self.owner:
+            self.shm.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Queue(_Segment):
+    def __init__(self, name: str, dtype, capacity: int = 1 << 12, create: bool = True):
+        super().__init__(name, dtype, create, MAGIC_QUEUE, capacity)
+
+    @classmethod
+    def attach(cls, name: str, dtype) -> "Queue":
+        return cls(name, dtype, create=False)
+
+    def head(self) -> int:
+        """The next sequence number to be claimed (all below it are claimed)."""
+        return _native.load_acquire(self.buf, HEAD_OFFSET)
+
+    def producer(self, shared: bool = False) -> "Producer":
+        return Producer(self, shared)
+
+    def consumer(self, from_start: bool = False) -> "Consumer":
+        return Consumer(self, 0 if from_start else self.head())
+
+
+class Producer:
+    """Publishes into a Queue. shared=True for MPMC (several producers on one queue)."""
+
+    def __init__(self, queue: Queue, shared: bool = False):
+        self.queue, self.shared = queue, shared
+        self.seq = queue.head()
+        self.lapped = 0   # MPMC only: messages dropped because a later lap already took the slot
+
+    def publish(self, payload) -> int:
+        """Write one message (bytes, or a record of the queue's dtype). Returns its sequence number."""
+        q = self.queue
+        data = payload if isinstance(payload, (bytes, bytearray, memoryview)) else np.asarray(payload, q.dtype).tobytes()
+        if len(data) != q.payload_size:
+            raise ValueError(f"message is {len(data)} bytes; the queue's dtype is {q.payload_size}")
+        if self.shared:
+            seq = _native.fetch_add(q.buf, HEAD_OFFSET, 1)
+        else:
+            seq = self.seq
+            self.seq += 1
+        if not _native.seqlock_write(q.buf, q.slot_offset(seq), seq // q.capacity, data):
+            self.lapped += 1
+        if not self.shared:
+            _native.store_release(q.buf, HEAD_OFFSET, self.seq)
+        return seq
+
+
+class Consumer:
+    """Reads every message of a Queue in order, without affecting the producer or other consumers."""
+
+    def __init__(self, queue: Queue, start: int):
+        self.queue, self.seq = queue, start
+        self.missed = 0           # messages skipped after being sped past
+        self._out = bytearray(queue.payload_size)
+        self._view = np.frombuffer(self._out, dtype=queue.dtype)
+
+    def poll(self):
+        """The next message as a record of the queue's dtype (valid until the next poll), or None."""
+        q = self.queue
+        status, _ = _native.seqlock_read(q.buf, q.slot_offset(self.seq), 2 * (self.seq // q.capacity) + 2, self._out)
+        if status == _native.READ_OK:
+            self.seq += 1
+            return self._view[0]
+        if status == _native.READ_SPED_PAST:
+            self._recover()
+        return None
+
+    def poll_bytes(self) -> bytes | None:
+        record = self.poll()
+        return None if record is None else bytes(self._out)
+
+    def _recover(self):
+        """Sped past: jump to the oldest message that is still in the ring."""
+        q = self.queue
+        oldest = max(self.seq + 1, q.head() - q.capacity + 1)
+        self.missed += oldest - self.seq
+        self.seq = oldest
+
+
+class SeqlockVector(_Segment):
+    """The latest value per key (0 .. capacity-1). One writer per key; any number of readers."""
+
+    def __init__(self, name: str, dtype, capacity: int = 64, create: bool = True):
+        super().__init__(name, dtype, create, MAGIC_VECTOR, capacity)
+        self._out = bytearray(self.payload_size)
+        self._view = np.frombuffer(self._out, dtype=self.dtype)
+
+    @classmethod
+    def attach(cls, name: str, dtype) -> "SeqlockVector":
+        return cls(name, dtype, create=False)
+
+    def _offset(self, key: int) -> int:
+        if not 0 <= key < self.capacity:
+            raise IndexError(f"key {key} outside 0..{self.capacity - 1}")
+        return self.slot_offset(key)
+
+    def write(self, key: int, payload) -> None:
+        offset = self._offset(key)
+        data = payload if isinstance(payload, (bytes, bytearray)) else np.asarray(payload, self.dtype).tobytes()
+        version = _native.load_acquire(self.buf, offset)
+        _native.seqlock_write(self.buf, offset, version // 2, data)
+
+    def read(self, key: int):
+        """(version, record copy) of the latest value, or None if never written."""
+        offset = self._offset(key)
+        while True:
+            version = _native.load_acquire(self.buf, offset)
+            if version == 0:
+                return None
+            if version & 1:
+                continue
+            status, _ = _native.seqlock_read(self.buf, offset, version, self._out)
+            if status == _native.READ_OK:
+                return version // 2, self._view[0].copy()

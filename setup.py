@@ -1,0 +1,8 @@
+"""Only declares the C extensions; all other configuration is in pyproject.toml."""
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("engine._native", ["engine/_native.c"], extra_compile_args=["-O2", "-Wall"]),
+    ],
+)
