@@ -1,0 +1,156 @@
+"""L2 order books: aggregate quantity per price level, per side.
+
+Array-backed: each side is a ladder of quantities indexed by price tick, so a
+level update is one store and the best price moves by a short scan (numpy, in
+C) only when the best level empties. The window re-centres when a price falls
+outside it. Prices are int64 in 1e-8 units (engine.protocol), on a tick grid.
+
+Crossed-book guard: when a new bid reaches the best ask (or a new ask the best
+bid), the stale opposite levels are cleared, as a missed delete is the usual
+cause; `crossed_fixes` counts them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BID, ASK = 0, 1
+
+
+class BookError(ValueError):
+    """An update the book cannot apply (off the tick grid, negative quantity, bad side)."""
+
+
+class L2Book:
+    def __init__(self, tick: int, window: int = 1 << 14):
+        if tick <= 0:
+            raise BookError(f"tick must be positive, got {tick}")
+        self.tick, self.window = tick, window
+        self.base = None                     # price of ladder index 0
+        self.qty = [np.zeros(window, np.int64), np.zeros(window, np.int64)]
+        self.best = [-1, -1]                 # ladder index of the best bid / ask, -1 when empty
+        self.crossed_fixes = 0
+
+    # -- updates ------------------------------------------------------------------------
+    def set_level(self, side: int, price: int, qty: int) -> None:
+        """Set the quantity at a price; qty 0 deletes the level."""
+        if side not in (BID, ASK):
+            raise BookError(f"side must be 0 (bid) or 1 (ask), got {side}")
+        if qty < 0:
+            raise BookError(f"negative quantity {qty}")
+        if price % self.tick:
+            raise BookError(f"price {price} is not on the {self.tick} tick grid")
+        if qty == 0 and self.base is None:
+            return
+        i = self._index(price)
+        ladder = self.qty[side]
+        ladder[i] = qty
+        best = self.best[side]
+        if qty:
+            if best < 0 or (i > best if side == BID else i < best):
+                self.best[side] = i
+                self._uncross(side, i)
+        elif i == best:
+            self.best[side] = self._scan(side, i)
+
+    def delete_level(self, side: int, price: int) -> None:
+        self.set_level(side, price, 0)
+
+    def clear(self) -> None:
+        for ladder in self.qty:
+            ladder[:] = 0
+        self.best = [-1, -1]
+
+    # -- queries ------------------------------------------------------------------------
+    def best_bid(self) -> tuple[int, int] | None:
+        return self._level(BID, self.best[BID])
+
+    def best_ask(self) -> tuple[int, int] | None:
+        return self._level(ASK, self.best[ASK])
+
+    def depth(self, side: int, levels: int = 5) -> list[tuple[int, int]]:
+        """The best `levels` (price, qty) pairs, best first."""
+        best = self.best[side]
+        if best < 0:
+            return []
+        ladder = self.qty[side]
+        if side == BID:
+            idx = np.flatnonzero(ladder[: best + 1])[::-1][:levels]
+        else:
+            idx = np.flatnonzero(ladder[best:])[:levels] + best
+        return [(self.base + int(i) * self.tick, int(ladder[i])) for i in idx]
+
+    def is_crossed(self) -> bool:
+        b, a = self.best
+        return b >= 0 and a >= 0 and b >= a
+
+    # -- internals ----------------------------------------------------------------------
+    def _level(self, side: int, i: int):
+        return None if i < 0 else (self.base + i * self.tick, int(self.qty[side][i]))
+
+    def _index(self, price: int) -> int:
+        if self.base is None:
+            self.base = price - (self.window // 2) * self.tick
+        i = (price - self.base) // self.tick
+        if not 0 <= i < self.window:
+            self._recentre(price)
+            i = (price - self.base) // self.tick
+        return i
+
+    def _scan(self, side: int, emptied: int) -> int:
+        ladder = self.qty[side]
+        if side == BID:
+            below = np.flatnonzero(ladder[:emptied])
+            return int(below[-1]) if len(below) else -1
+        above = np.flatnonzero(ladder[emptied + 1:])
+        return int(above[0]) + emptied + 1 if len(above) else -1
+
+    def _uncross(self, side: int, i: int) -> None:
+        other = 1 - side
+        best = self.best[other]
+        if best < 0 or (best > i if side == BID else best < i):
+            return
+        ladder = self.qty[other]
+        if side == BID:                       # asks at or below the new bid are stale
+            ladder[: i + 1] = 0
+            self.best[ASK] = self._scan(ASK, i)
+        else:
+            ladder[i:] = 0
+            self.best[BID] = self._scan(BID, i)
+        self.crossed_fixes += 1
+
+    def _recentre(self, price: int) -> None:
+        """Move (and if needed grow) the window so that every level and `price` fit."""
+        used = [np.flatnonzero(q) for q in self.qty]
+        lows = [self.base + int(u[0]) * self.tick for u in used if len(u)] + [price]
+        highs = [self.base + int(u[-1]) * self.tick for u in used if len(u)] + [price]
+        span = (max(highs) - min(lows)) // self.tick + 1
+        window = self.window
+        while window < 2 * span:
+            window *= 2
+        new_base = (min(lows) + max(highs)) // 2 // self.tick * self.tick - (window // 2) * self.tick
+        shift = (self.base - new_base) // self.tick
+        for side in (BID, ASK):
+            moved = np.zeros(window, np.int64)
+            idx = used[side]
+            moved[idx + shift] = self.qty[side][idx]
+            self.qty[side] = moved
+            if self.best[side] >= 0:
+                self.best[side] += shift
+        self.base, self.window = new_base, window
+
+
+class Books:
+    """All books of the engine, by (venue, instrument)."""
+
+    def __init__(self, tick_for=lambda venue, instrument: 1):
+        self._books: dict[tuple[int, int], L2Book] = {}
+        self._tick_for = tick_for
+
+    def __getitem__(self, key: tuple[int, int]) -> L2Book:
+        book = self._books.get(key)
+        if book is None:
+            book = self._books[key] = L2Book(self._tick_for(*key))
+        return book
+
+    def __len__(self) -> int:
+        return len(self._books)
