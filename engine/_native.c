@@ -38,14 +38,31 @@ static inline uint64_t tsc_now(void) {
 
 enum { READ_OK = 0, READ_NOT_READY = 1, READ_SPED_PAST = 2 };
 
-/* A writable, 8-byte aligned u64 at `offset` inside `buffer`, or NULL with an exception set. */
-static uint64_t *word_at(Py_buffer *view, Py_ssize_t offset, Py_ssize_t extra) {
-    if (offset < 0 || offset % 8 != 0 || offset + 8 + extra > view->len) {
-        PyErr_Format(PyExc_ValueError, "offset %zd (+%zd bytes) outside buffer of %zd bytes or unaligned",
-                     offset, extra, view->len);
-        return NULL;
+/* The queue functions take raw addresses inside a shared-memory segment that the
+ * caller (engine.queues) has mapped and keeps mapped: resolving a buffer object on
+ * every call cost more than the work itself. They use METH_FASTCALL for the same reason. */
+static int address_arg(PyObject *arg, uint64_t **out) {
+    unsigned long long value = PyLong_AsUnsignedLongLong(arg);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) return 0;
+    if (value == 0 || value % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "address must be a non-zero multiple of 8");
+        return 0;
     }
-    return (uint64_t *)((char *)view->buf + offset);
+    *out = (uint64_t *)(uintptr_t)value;
+    return 1;
+}
+
+static int u64_arg(PyObject *arg, uint64_t *out) {
+    unsigned long long value = PyLong_AsUnsignedLongLong(arg);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) return 0;
+    *out = value;
+    return 1;
+}
+
+static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *name) {
+    if (nargs == want) return 1;
+    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", name, want, nargs);
+    return 0;
 }
 
 static PyObject *py_rdtscp(PyObject *self, PyObject *noargs) {
@@ -61,111 +78,87 @@ static PyObject *py_paired_sample(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("(KLK)", (unsigned long long)before, real_ns, (unsigned long long)after);
 }
 
-static PyObject *py_load_acquire(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t offset;
-    if (!PyArg_ParseTuple(args, "w*n", &view, &offset)) return NULL;
-    uint64_t *word = word_at(&view, offset, 0);
-    uint64_t value = word ? __atomic_load_n(word, __ATOMIC_ACQUIRE) : 0;
-    PyBuffer_Release(&view);
-    return word ? PyLong_FromUnsignedLongLong(value) : NULL;
+/* load_acquire(address) -> u64 */
+static PyObject *py_load_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *word;
+    if (!check_nargs(nargs, 1, "load_acquire") || !address_arg(args[0], &word)) return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(word, __ATOMIC_ACQUIRE));
 }
 
-static PyObject *py_store_release(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t offset;
-    unsigned long long value;
-    if (!PyArg_ParseTuple(args, "w*nK", &view, &offset, &value)) return NULL;
-    uint64_t *word = word_at(&view, offset, 0);
-    if (word) __atomic_store_n(word, (uint64_t)value, __ATOMIC_RELEASE);
-    PyBuffer_Release(&view);
-    if (!word) return NULL;
+/* store_release(address, value) */
+static PyObject *py_store_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *word, value;
+    if (!check_nargs(nargs, 2, "store_release") || !address_arg(args[0], &word) || !u64_arg(args[1], &value))
+        return NULL;
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 
-static PyObject *py_fetch_add(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t offset;
-    unsigned long long value;
-    if (!PyArg_ParseTuple(args, "w*nK", &view, &offset, &value)) return NULL;
-    uint64_t *word = word_at(&view, offset, 0);
-    uint64_t old = word ? __atomic_fetch_add(word, (uint64_t)value, __ATOMIC_ACQ_REL) : 0;
-    PyBuffer_Release(&view);
-    return word ? PyLong_FromUnsignedLongLong(old) : NULL;
+/* fetch_add(address, value) -> previous u64 */
+static PyObject *py_fetch_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *word, value;
+    if (!check_nargs(nargs, 2, "fetch_add") || !address_arg(args[0], &word) || !u64_arg(args[1], &value))
+        return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_fetch_add(word, value, __ATOMIC_ACQ_REL));
 }
 
-/* seqlock_write(buffer, slot_offset, lap, payload) -> bool
- * False when a later lap already owns the slot (this writer was lapped; the message is dropped). */
-static PyObject *py_seqlock_write(PyObject *self, PyObject *args) {
-    Py_buffer view, payload;
-    Py_ssize_t offset;
-    unsigned long long lap;
-    if (!PyArg_ParseTuple(args, "w*nKy*", &view, &offset, &lap, &payload)) return NULL;
-    uint64_t *version = word_at(&view, offset, payload.len);
-    int written = 0;
-    if (version) {
-        uint64_t writing = 2 * (uint64_t)lap + 1;
-        uint64_t current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
-        for (;;) {
-            if (current >= writing) break;                  /* lapped: a newer message owns it */
-            if (current & 1) {                              /* another producer mid-write (wrap) */
-                current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
-                continue;
-            }
-            if (__atomic_compare_exchange_n(version, &current, writing, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE)) {
-                __atomic_thread_fence(__ATOMIC_RELEASE);
-                memcpy(version + 1, payload.buf, (size_t)payload.len);
-                __atomic_store_n(version, writing + 1, __ATOMIC_RELEASE);
-                written = 1;
-                break;
-            }
-        }
+/* seqlock_write(slot_address, lap, payload: bytes) -> False if a later lap owns the slot */
+static PyObject *py_seqlock_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *version, lap;
+    if (!check_nargs(nargs, 3, "seqlock_write") || !address_arg(args[0], &version) || !u64_arg(args[1], &lap))
+        return NULL;
+    if (!PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "payload must be bytes");
+        return NULL;
     }
-    PyBuffer_Release(&payload);
-    PyBuffer_Release(&view);
-    if (!version) return NULL;
-    return PyBool_FromLong(written);
+    uint64_t writing = 2 * lap + 1;
+    uint64_t current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (current >= writing) Py_RETURN_FALSE;          /* lapped: a newer message owns it */
+        if (current & 1) {                                /* another producer mid-write (wrap) */
+            current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
+            continue;
+        }
+        if (__atomic_compare_exchange_n(version, &current, writing, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            break;
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(version + 1, PyBytes_AS_STRING(args[2]), (size_t)PyBytes_GET_SIZE(args[2]));
+    __atomic_store_n(version, writing + 1, __ATOMIC_RELEASE);
+    Py_RETURN_TRUE;
 }
 
-/* seqlock_read(buffer, slot_offset, expected_version, out) -> (status, version seen) */
-static PyObject *py_seqlock_read(PyObject *self, PyObject *args) {
-    Py_buffer view, out;
-    Py_ssize_t offset;
-    unsigned long long expected;
-    if (!PyArg_ParseTuple(args, "w*nKw*", &view, &offset, &expected, &out)) return NULL;
-    uint64_t *version = word_at(&view, offset, out.len);
-    int status = READ_NOT_READY;
-    uint64_t seen = 0;
-    if (version) {
-        seen = __atomic_load_n(version, __ATOMIC_ACQUIRE);
-        if (seen == expected) {
-            memcpy(out.buf, version + 1, (size_t)out.len);
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            uint64_t again = __atomic_load_n(version, __ATOMIC_RELAXED);
-            status = again == seen ? READ_OK : READ_SPED_PAST;
-            seen = again;
-        } else if (seen > expected) {
-            status = READ_SPED_PAST;
-        }
+/* seqlock_read(slot_address, expected_version, size) -> bytes, or READ_NOT_READY / READ_SPED_PAST */
+static PyObject *py_seqlock_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *version, expected, size;
+    if (!check_nargs(nargs, 3, "seqlock_read") || !address_arg(args[0], &version) ||
+        !u64_arg(args[1], &expected) || !u64_arg(args[2], &size))
+        return NULL;
+    uint64_t seen = __atomic_load_n(version, __ATOMIC_ACQUIRE);
+    if (seen < expected) return PyLong_FromLong(READ_NOT_READY);
+    if (seen > expected) return PyLong_FromLong(READ_SPED_PAST);
+    PyObject *copy = PyBytes_FromStringAndSize((const char *)(version + 1), (Py_ssize_t)size);
+    if (!copy) return NULL;
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(version, __ATOMIC_RELAXED) != seen) {  /* overwritten while copying: torn */
+        Py_DECREF(copy);
+        return PyLong_FromLong(READ_SPED_PAST);
     }
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&view);
-    if (!version) return NULL;
-    return Py_BuildValue("(iK)", status, (unsigned long long)seen);
+    return copy;
 }
 
 static PyMethodDef methods[] = {
     {"rdtscp", py_rdtscp, METH_NOARGS, "Time-stamp counter (rdtscp); CLOCK_MONOTONIC_RAW ns off x86-64."},
     {"paired_sample", py_paired_sample, METH_NOARGS,
      "(tsc_before, CLOCK_REALTIME ns, tsc_after): one bracketed calibration sample."},
-    {"load_acquire", py_load_acquire, METH_VARARGS, "load_acquire(buffer, offset) -> u64"},
-    {"store_release", py_store_release, METH_VARARGS, "store_release(buffer, offset, value)"},
-    {"fetch_add", py_fetch_add, METH_VARARGS, "fetch_add(buffer, offset, value) -> previous u64"},
-    {"seqlock_write", py_seqlock_write, METH_VARARGS,
-     "seqlock_write(buffer, slot_offset, lap, payload) -> False if lapped"},
-    {"seqlock_read", py_seqlock_read, METH_VARARGS,
-     "seqlock_read(buffer, slot_offset, expected_version, out) -> (status, version)"},
+    {"load_acquire", (PyCFunction)(void (*)(void))py_load_acquire, METH_FASTCALL, "load_acquire(address) -> u64"},
+    {"store_release", (PyCFunction)(void (*)(void))py_store_release, METH_FASTCALL, "store_release(address, value)"},
+    {"fetch_add", (PyCFunction)(void (*)(void))py_fetch_add, METH_FASTCALL,
+     "fetch_add(address, value) -> previous u64"},
+    {"seqlock_write", (PyCFunction)(void (*)(void))py_seqlock_write, METH_FASTCALL,
+     "seqlock_write(slot_address, lap, payload) -> False if lapped"},
+    {"seqlock_read", (PyCFunction)(void (*)(void))py_seqlock_read, METH_FASTCALL,
+     "seqlock_read(slot_address, expected_version, size) -> bytes, or a status int"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BID, ASK = 0, 1
+BID, ASK = 1, 2                 # as on the wire (engine.protocol.md)
 
 
 class BookError(ValueError):
@@ -26,15 +26,15 @@ class L2Book:
             raise BookError(f"tick must be positive, got {tick}")
         self.tick, self.window = tick, window
         self.base = None                     # price of ladder index 0
-        self.qty = [np.zeros(window, np.int64), np.zeros(window, np.int64)]
-        self.best = [-1, -1]                 # ladder index of the best bid / ask, -1 when empty
+        self.qty = [None, np.zeros(window, np.int64), np.zeros(window, np.int64)]   # by side
+        self.best = [None, -1, -1]           # ladder index of the best bid / ask, -1 when empty
         self.crossed_fixes = 0
 
     # -- updates ------------------------------------------------------------------------
     def set_level(self, side: int, price: int, qty: int) -> None:
         """Set the quantity at a price; qty 0 deletes the level."""
         if side not in (BID, ASK):
-            raise BookError(f"side must be 0 (bid) or 1 (ask), got {side}")
+            raise BookError(f"side must be 1 (bid) or 2 (ask), got {side}")
         if qty < 0:
             raise BookError(f"negative quantity {qty}")
         if price % self.tick:
@@ -56,9 +56,9 @@ class L2Book:
         self.set_level(side, price, 0)
 
     def clear(self) -> None:
-        for ladder in self.qty:
-            ladder[:] = 0
-        self.best = [-1, -1]
+        for side in (BID, ASK):
+            self.qty[side][:] = 0
+        self.best = [None, -1, -1]
 
     # -- queries ------------------------------------------------------------------------
     def best_bid(self) -> tuple[int, int] | None:
@@ -80,7 +80,7 @@ class L2Book:
         return [(self.base + int(i) * self.tick, int(ladder[i])) for i in idx]
 
     def is_crossed(self) -> bool:
-        b, a = self.best
+        b, a = self.best[BID], self.best[ASK]
         return b >= 0 and a >= 0 and b >= a
 
     # -- internals ----------------------------------------------------------------------
@@ -105,7 +105,7 @@ class L2Book:
         return int(above[0]) + emptied + 1 if len(above) else -1
 
     def _uncross(self, side: int, i: int) -> None:
-        other = 1 - side
+        other = BID + ASK - side
         best = self.best[other]
         if best < 0 or (best > i if side == BID else best < i):
             return
@@ -120,9 +120,9 @@ class L2Book:
 
     def _recentre(self, price: int) -> None:
         """Move (and if needed grow) the window so that every level and `price` fit."""
-        used = [np.flatnonzero(q) for q in self.qty]
-        lows = [self.base + int(u[0]) * self.tick for u in used if len(u)] + [price]
-        highs = [self.base + int(u[-1]) * self.tick for u in used if len(u)] + [price]
+        used = {side: np.flatnonzero(self.qty[side]) for side in (BID, ASK)}
+        lows = [self.base + int(u[0]) * self.tick for u in used.values() if len(u)] + [price]
+        highs = [self.base + int(u[-1]) * self.tick for u in used.values() if len(u)] + [price]
         span = (max(highs) - min(lows)) // self.tick + 1
         window = self.window
         while window < 2 * span:

@@ -18,6 +18,7 @@ cache line); slots from 128, each [u64 version][payload], 64-byte aligned.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import mmap
 import os
@@ -93,15 +94,20 @@ class _Segment:
             capacity = found[1]
         self.capacity = capacity
         self.buf = self.shm.buf
+        # The native calls take raw addresses: pin the mapping's address once.
+        self._pin = ctypes.c_char.from_buffer(self.buf)
+        self.base = ctypes.addressof(self._pin)
+        self.head_address = self.base + HEAD_OFFSET
 
-    def slot_offset(self, index: int) -> int:
-        return HEADER_BYTES + (index & (self.capacity - 1)) * self.stride
+    def slot_address(self, index: int) -> int:
+        return self.base + HEADER_BYTES + (index & (self.capacity - 1)) * self.stride
 
     def close(self):
         """Detach; the creator also removes the segment."""
         if self.buf is None:
             return
-        self.buf = None
+        del self._pin
+        self.buf = self.base = None
         self.shm.close()
         if self.owner:
             self.shm.unlink()
@@ -123,7 +129,7 @@ class Queue(_Segment):
 
     def head(self) -> int:
         """The next sequence number to be claimed (all below it are claimed)."""
-        return _native.load_acquire(self.buf, HEAD_OFFSET)
+        return _native.load_acquire(self.head_address)
 
     def producer(self, shared: bool = False) -> "Producer":
         return Producer(self, shared)
@@ -147,14 +153,14 @@ class Producer:
         if len(data) != q.payload_size:
             raise ValueError(f"message is {len(data)} bytes; the queue's dtype is {q.payload_size}")
         if self.shared:
-            seq = _native.fetch_add(q.buf, HEAD_OFFSET, 1)
+            seq = _native.fetch_add(q.head_address, 1)
         else:
             seq = self.seq
             self.seq += 1
-        if not _native.seqlock_write(q.buf, q.slot_offset(seq), seq // q.capacity, data):
+        if not _native.seqlock_write(q.slot_address(seq), seq // q.capacity, bytes(data)):
             self.lapped += 1
         if not self.shared:
-            _native.store_release(q.buf, HEAD_OFFSET, self.seq)
+            _native.store_release(q.head_address, self.seq)
         return seq
 
 
@@ -164,23 +170,22 @@ class Consumer:
     def __init__(self, queue: Queue, start: int):
         self.queue, self.seq = queue, start
         self.missed = 0           # messages skipped after being sped past
-        self._out = bytearray(queue.payload_size)
-        self._view = np.frombuffer(self._out, dtype=queue.dtype)
 
-    def poll(self):
-        """The next message as a record of the queue's dtype (valid until the next poll), or None."""
+    def poll_bytes(self) -> bytes | None:
+        """The next message's bytes, or None when there is none yet."""
         q = self.queue
-        status, _ = _native.seqlock_read(q.buf, q.slot_offset(self.seq), 2 * (self.seq // q.capacity) + 2, self._out)
-        if status == _native.READ_OK:
+        got = _native.seqlock_read(q.slot_address(self.seq), 2 * (self.seq // q.capacity) + 2, q.payload_size)
+        if type(got) is bytes:
             self.seq += 1
-            return self._view[0]
-        if status == _native.READ_SPED_PAST:
+            return got
+        if got == _native.READ_SPED_PAST:
             self._recover()
         return None
 
-    def poll_bytes(self) -> bytes | None:
-        record = self.poll()
-        return None if record is None else bytes(self._out)
+    def poll(self):
+        """The next message as a record of the queue's dtype, or None."""
+        raw = self.poll_bytes()
+        return None if raw is None else np.frombuffer(raw, dtype=self.queue.dtype)[0]
 
     def _recover(self):
         """Sped past: jump to the oldest message that is still in the ring."""
@@ -195,33 +200,39 @@ class SeqlockVector(_Segment):
 
     def __init__(self, name: str, dtype, capacity: int = 64, create: bool = True):
         super().__init__(name, dtype, create, MAGIC_VECTOR, capacity)
-        self._out = bytearray(self.payload_size)
-        self._view = np.frombuffer(self._out, dtype=self.dtype)
 
     @classmethod
     def attach(cls, name: str, dtype) -> "SeqlockVector":
         return cls(name, dtype, create=False)
 
-    def _offset(self, key: int) -> int:
+    def _address(self, key: int) -> int:
         if not 0 <= key < self.capacity:
             raise IndexError(f"key {key} outside 0..{self.capacity - 1}")
-        return self.slot_offset(key)
+        return self.slot_address(key)
+
+    def version(self, key: int) -> int:
+        """Even: writes so far x 2; odd: being written now."""
+        return _native.load_acquire(self._address(key))
 
     def write(self, key: int, payload) -> None:
-        offset = self._offset(key)
-        data = payload if isinstance(payload, (bytes, bytearray)) else np.asarray(payload, self.dtype).tobytes()
-        version = _native.load_acquire(self.buf, offset)
-        _native.seqlock_write(self.buf, offset, version // 2, data)
+        address = self._address(key)
+        data = bytes(payload) if isinstance(payload, (bytes, bytearray)) else np.asarray(payload, self.dtype).tobytes()
+        _native.seqlock_write(address, _native.load_acquire(address) // 2, data)
 
-    def read(self, key: int):
-        """(version, record copy) of the latest value, or None if never written."""
-        offset = self._offset(key)
+    def read_bytes(self, key: int) -> tuple[int, bytes] | None:
+        """(writes so far, latest value's bytes), or None if never written."""
+        address = self._address(key)
         while True:
-            version = _native.load_acquire(self.buf, offset)
+            version = _native.load_acquire(address)
             if version == 0:
                 return None
             if version & 1:
                 continue
-            status, _ = _native.seqlock_read(self.buf, offset, version, self._out)
-            if status == _native.READ_OK:
-                return version // 2, self._view[0].copy()
+            got = _native.seqlock_read(address, version, self.payload_size)
+            if type(got) is bytes:
+                return version // 2, got
+
+    def read(self, key: int):
+        """(writes so far, record) of the latest value, or None if never written."""
+        got = self.read_bytes(key)
+        return None if got is None else (got[0], np.frombuffer(got[1], dtype=self.dtype)[0])

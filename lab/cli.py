@@ -17,6 +17,7 @@ COMMANDS = {
     "scenarios": "scenarios",
     "simulate": "simulate",
     "demo": "demo",
+    "synth": "synth",
 }
 
 

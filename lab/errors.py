@@ -3,6 +3,7 @@
 The CLI turns any of these into one line on stderr and exit status 2. Anything
 else is a bug in wirelab and is allowed to show its traceback.
 """
+from engine.protocol.errors import ProtocolError
 from simulator.errors import SimulatorError
 
 
@@ -10,4 +11,4 @@ class LabError(Exception):
     """Bad input to the lab: a file it cannot use, a flag value it cannot honour."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (LabError, SimulatorError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (LabError, SimulatorError, ProtocolError, OSError)

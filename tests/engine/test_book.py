@@ -9,7 +9,7 @@ class DictBook:
     """The obvious implementation: a dict per side, sorted on every query."""
 
     def __init__(self):
-        self.sides = [{}, {}]
+        self.sides = {BID: {}, ASK: {}}
         self.crossed_fixes = 0
 
     def set_level(self, side, price, qty):
@@ -19,7 +19,7 @@ class DictBook:
             return
         was_best = not levels or (price > max(levels) if side == BID else price < min(levels))
         levels[price] = qty
-        other = self.sides[1 - side]
+        other = self.sides[BID + ASK - side]
         if was_best:
             stale = [p for p in other if (p <= price if side == BID else p >= price)]
             for p in stale:
@@ -46,7 +46,7 @@ def test_matches_dict_reference_on_random_streams(seed):
     mid = 100_000 * tick
     for step in range(30_000):
         mid += int(rng.integers(-3, 4)) * tick * (40 if rng.random() < 0.002 else 1)   # drift and jumps
-        side = int(rng.integers(0, 2))
+        side = int(rng.integers(BID, ASK + 1))
         offset = int(rng.geometric(0.25))
         price = mid - offset * tick if side == BID else mid + offset * tick
         if rng.random() < 0.03:
@@ -66,7 +66,7 @@ def test_matches_dict_reference_on_random_streams(seed):
 
 def test_bad_updates_raise_book_error():
     book = L2Book(100)
-    for args in ((BID, 150, 1), (2, 100, 1), (ASK, 100, -5)):
+    for args in ((BID, 150, 1), (0, 100, 1), (ASK, 100, -5)):
         with pytest.raises(BookError):
             book.set_level(*args)
     with pytest.raises(BookError):

@@ -1,0 +1,279 @@
+"""OrderGateway: OrderRequests out to each venue over TCP, acks and fills back.
+
+Strategies (DESIGN.md):
+- none: the whole NewOrder in one send() at the decision.
+- tcp-prefix: the next order's decision-free prefix (length, type, flags,
+  account, client order id) is always on the wire ahead of time; the decision
+  sends only the rest. A cancel that must go while a prefix is primed first
+  completes the primed order as a *void* order (side 0, qty 0), which the venue
+  discards; `voided` counts them.
+
+Every send() is stamped by the kernel (TX, MSG_ERRQUEUE, keyed by stream
+offset). The gateway owns the wire's client order ids (a prefix needs its id
+before the Overseer has decided anything) and maps them to the Overseer's.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from engine.clock import tsc
+from engine.messages import ACCOUNT_UPDATE, ORDER_REQUEST, struct_of
+from engine.net import recv_stamped, tcp_connect, tx_stamps
+from engine.protocol import orders as wire
+from engine.telemetry import TelemetryRecorder
+
+REQUEST = struct_of(ORDER_REQUEST)
+ACCOUNT = struct_of(ACCOUNT_UPDATE)
+NEW_ORDER = struct_of(wire.NEW_ORDER)
+CANCEL = struct_of(wire.CANCEL)
+ACK = struct_of(wire.ACK)
+FILL = struct_of(wire.FILL)
+REJECT = struct_of(wire.REJECT)
+PREFIX = wire.NEW_ORDER_PREFIX_BYTES
+STRATEGIES = ("none", "tcp-prefix")
+
+
+@dataclass
+class Session:
+    """One TCP session with one venue."""
+    venue: int
+    host: str
+    port: int
+    account: int = 1
+    sock: socket.socket | None = None
+    sent: int = 0                              # bytes sent on this connection
+    primed: int | None = None                  # wire id whose prefix is on the wire
+    next_wire_id: int = 1
+    to_overseer: dict = field(default_factory=dict)   # wire id -> (overseer id, is cancel, target)
+    prefix_tx_ns: dict = field(default_factory=dict)  # wire id -> kernel TX stamp of its prefix
+    prefix_end: dict = field(default_factory=dict)    # stream end offset of a prefix -> wire id
+    inbox: bytearray = field(default_factory=bytearray)
+    retry_at: float = 0.0
+    retries: int = 0
+
+
+class OrderGateway:
+    def __init__(self, sessions: list[Session], requests, accounts, telemetry: TelemetryRecorder,
+                 strategy: str = "none", max_retries: int = 5, backoff_s: float = 0.05):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"gateway strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.sessions = {s.venue: s for s in sessions}
+        self.requests, self.accounts, self.telemetry = requests, accounts, telemetry
+        self.strategy, self.max_retries, self.backoff_s = strategy, max_retries, backoff_s
+        self.counts: Counter[str] = Counter()
+        self.failed = False                    # a venue stayed down after every retry
+        self.on_connect = self.on_disconnect = None   # the runner's hooks to (un)register sockets
+
+    # -- connections -------------------------------------------------------------------------
+    def connect_all(self) -> None:
+        for session in self.sessions.values():
+            self._connect(session)
+
+    def _connect(self, session: Session) -> bool:
+        try:
+            session.sock = tcp_connect(session.host, session.port)
+        except OSError:
+            session.sock = None
+            return False
+        if self.on_connect is not None:
+            self.on_connect(session)
+        session.sent, session.primed, session.inbox = 0, None, bytearray()
+        session.retries = 0
+        self.counts["connects"] += 1
+        self._prime(session)
+        return True
+
+    def _disconnected(self, session: Session) -> None:
+        if session.sock is not None:
+            if self.on_disconnect is not None:
+                self.on_disconnect(session)
+            session.sock.close()
+        session.sock = None
+        session.retry_at = time.monotonic() + self.backoff_s
+        self.counts["disconnects"] += 1
+        self.accounts.publish(ACCOUNT.pack(0, tsc(), 0, 0, session.venue, ord("D"), 0, 0, 0, 0, 0))
+
+    def _retry(self, session: Session) -> None:
+        if time.monotonic() < session.retry_at:
+            return
+        if self._connect(session):
+            return
+        session.retries += 1
+        if session.retries > self.max_retries:
+            self.failed = True
+        session.retry_at = time.monotonic() + self.backoff_s * 2 ** session.retries
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            if session.sock is not None:
+                self._drain_stamps(session)
+                session.sock.close()
+                session.sock = None
+
+    # -- the hot path ------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Send every pending request; retry venues that are down. Returns requests sent."""
+        sent = 0
+        while (raw := self.requests.poll_bytes()) is not None:
+            self.send(raw)
+            sent += 1
+        for session in self.sessions.values():
+            if session.sock is None:
+                self._retry(session)
+        return sent
+
+    def on_readable(self, session: Session, stamps_waiting: bool) -> None:
+        """The session's socket has data, or (stamps_waiting) TX stamps on its error queue."""
+        if session.sock is None:
+            return
+        if stamps_waiting:
+            self._drain_stamps(session)
+        self._receive(session)
+
+    def poll_sockets(self) -> None:
+        """Read every session without readiness information (tests, shutdown)."""
+        for session in self.sessions.values():
+            self.on_readable(session, True)
+
+    def send(self, raw: bytes) -> None:
+        (origin, _pub, client_id, md_seq, venue, _model, instrument, kind, side, tif, price, qty, target,
+         decided, kernel_rx) = REQUEST.unpack(raw)
+        session = self.sessions.get(venue)
+        if session is None or session.sock is None:
+            self.counts["requests for a venue that is down"] += 1
+            return
+        if kind == ord("C"):
+            self._cancel(session, client_id, md_seq, target)
+            return
+        wire_id = session.primed if session.primed is not None else self._new_wire_id(session)
+        session.to_overseer[wire_id] = (client_id, False, 0)
+        flags = wire.FLAG_PREFIX_EARLY if session.primed is not None else 0
+        message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, flags, session.account, wire_id,
+                                 md_seq, instrument, side, tif, price, qty)
+        data = message[PREFIX:] if session.primed is not None else message
+        app_out = tsc()
+        if not self._send(session, data):
+            return
+        prefix_ns = session.prefix_tx_ns.pop(wire_id, 0)
+        self.telemetry.record(venue, session.sent - 1, (
+            md_seq, venue, wire_id, kernel_rx, origin, decided, app_out, 0, prefix_ns, len(data),
+            wire.NEW_ORDER_SIZE - len(data)))
+        session.primed = None
+        self.counts["orders"] += 1
+        self._prime(session)
+
+    def _cancel(self, session: Session, request_id: int, md_seq: int, target: int) -> None:
+        target_wire = next((w for w, (oid, is_cancel, _) in session.to_overseer.items()
+                            if oid == target and not is_cancel), None)
+        if target_wire is None:
+            self.counts["cancel of an unknown order"] += 1
+            return
+        if session.primed is not None:                 # complete the started message first
+            void = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
+                                  session.account, session.primed, 0, 0, 0, 0, 0, 0)
+            if not self._send(session, void[PREFIX:]):
+                return
+            session.prefix_tx_ns.pop(session.primed, None)
+            session.primed = None
+            self.counts["voided"] += 1
+        wire_id = self._new_wire_id(session)
+        session.to_overseer[wire_id] = (request_id, True, target)
+        if self._send(session, CANCEL.pack(wire.CANCEL.size, wire.CANCEL_TYPE, 0, session.account, wire_id,
+                                           md_seq, target_wire)):
+            self.counts["cancels"] += 1
+            self._prime(session)
+
+    def _prime(self, session: Session) -> None:
+        if self.strategy != "tcp-prefix" or session.sock is None:
+            return
+        wire_id = self._new_wire_id(session)
+        prefix = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
+                                session.account, wire_id, 0, 0, 0, 0, 0, 0)[:PREFIX]
+        if self._send(session, prefix):
+            session.primed = wire_id
+            session.prefix_end[session.sent - 1] = wire_id
+
+    def _new_wire_id(self, session: Session) -> int:
+        wire_id = session.next_wire_id
+        session.next_wire_id += 1
+        return wire_id
+
+    def _send(self, session: Session, data: bytes) -> bool:
+        try:
+            sent = session.sock.send(data)
+            if sent < len(data):                       # rare on loopback: finish it blocking
+                session.sock.setblocking(True)
+                session.sock.sendall(data[sent:])
+                session.sock.setblocking(False)
+        except OSError:
+            self._disconnected(session)
+            return False
+        session.sent += len(data)
+        return True
+
+    # -- from the venue ----------------------------------------------------------------------
+    def _receive(self, session: Session) -> None:
+        try:
+            got = recv_stamped(session.sock)
+        except OSError:
+            self._disconnected(session)
+            return
+        if got is None:
+            return
+        data, rx_ns = got
+        if not data:
+            self._disconnected(session)
+            return
+        session.inbox += data
+        self._parse(session, rx_ns or 0)
+
+    def _drain_stamps(self, session: Session) -> None:
+        for end_offset, ns in tx_stamps(session.sock):
+            if self.telemetry.tx_stamp(session.venue, end_offset, ns):
+                continue
+            wire_id = session.prefix_end.pop(end_offset, None)
+            if wire_id is not None:
+                session.prefix_tx_ns[wire_id] = ns
+
+    def _parse(self, session: Session, rx_ns: int) -> None:
+        inbox, at = session.inbox, 0
+        while len(inbox) - at >= 3:
+            length, kind = inbox[at] | inbox[at + 1] << 8, inbox[at + 2]
+            if length < 8 or wire.SIZE_BY_TYPE[kind] != length:
+                self.counts["malformed venue messages"] += 1
+                self._disconnected(session)             # the stream cannot be re-synchronised
+                return
+            if len(inbox) - at < length:
+                break
+            self._on_venue_message(session, kind, bytes(inbox[at:at + length]), rx_ns)
+            at += length
+        del inbox[:at]
+
+    def _on_venue_message(self, session: Session, kind: int, message: bytes, rx_ns: int) -> None:
+        now = tsc()
+        if kind == wire.ACK_TYPE:
+            _len, _type, acked, wire_id, venue_order, _ts = ACK.unpack(message)
+            oid, is_cancel, target = session.to_overseer.get(wire_id, (0, False, 0))
+            if acked == wire.CANCEL_TYPE:               # an order is gone: by our cancel, or an IOC
+                self._account(now, target if is_cancel else oid, venue_order, session.venue, "X", 0, 0, 0, 0, rx_ns)
+            else:
+                self._account(now, oid, venue_order, session.venue, "A", 0, 0, 0, 0, rx_ns)
+        elif kind == wire.FILL_TYPE:
+            _len, _type, side, wire_id, venue_order, _exec, price, qty, leaves, _ts = FILL.unpack(message)
+            oid = session.to_overseer.get(wire_id, (0, False, 0))[0]
+            self._account(now, oid, venue_order, session.venue, "F", side, price, qty, leaves, rx_ns)
+        elif kind == wire.REJECT_TYPE:
+            _len, _type, _rejected, _reason, wire_id, _ts = REJECT.unpack(message)
+            oid, is_cancel, target = session.to_overseer.get(wire_id, (0, False, 0))
+            self.counts["rejects"] += 1
+            if not is_cancel:
+                self._account(now, oid, 0, session.venue, "R", 0, 0, 0, 0, rx_ns)
+        else:
+            self.counts["unexpected venue messages"] += 1
+
+    def _account(self, now, oid, venue_order, venue, kind, side, price, qty, leaves, rx_ns):
+        self.accounts.publish(ACCOUNT.pack(now, now, oid, venue_order, venue, ord(kind), side, price, qty,
+                                           leaves, rx_ns))

@@ -1,0 +1,97 @@
+"""MarketDataHandler: UDP datagrams in, L2 books updated, MarketUpdates out.
+
+Each datagram is read with its kernel RX stamp and stamped again (TSC) as it
+enters the application: that TSC is the origin copied onto everything the
+datagram causes. Malformed, short or unknown datagrams are counted by reason
+and dropped; they never stop the engine.
+"""
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+from engine.book import BookError, Books
+from engine.clock import tsc
+from engine.messages import ACTORS, KINDS, MARKET_UPDATE, TIMING, struct_of
+from engine.net import recv_stamped
+from engine.protocol import md
+
+HEADER = struct_of(md.HEADER)
+UPDATE = struct_of(md.UPDATE)
+TRADE = struct_of(md.TRADE)
+MARKET_UPDATE_STRUCT = struct_of(MARKET_UPDATE)
+TIMING_STRUCT = struct_of(TIMING)
+PUBLISHER = ACTORS["md_handler"]
+KIND = KINDS["market_update"]
+
+
+class MarketDataHandler:
+    def __init__(self, feeds, books: Books, updates, timing=None):
+        self.feeds = list(feeds)          # non-blocking UDP sockets with RX stamps (engine.net)
+        self.books = books
+        self.updates = updates            # Producer of MARKET_UPDATE
+        self.timing = timing              # Producer of TIMING, optional
+        self.dropped: Counter[str] = Counter()
+        self.handled = 0
+        self.last_seq: dict[tuple[int, int], int] = {}
+        self.gaps = 0                     # datagrams missing from a feed's sequence
+
+    def poll(self) -> int:
+        """Read at most one datagram per feed. Returns how many were handled."""
+        return sum(self.read(sock) for sock in self.feeds)
+
+    def read(self, sock) -> int:
+        """Handle one datagram waiting on `sock`, if any."""
+        got = recv_stamped(sock)
+        if got is None:
+            return 0
+        return self.handle(got[0], got[1] or 0, tsc())
+
+    def handle(self, payload: bytes, kernel_rx_ns: int, app_in: int) -> int:
+        reason = _check(payload)
+        if reason:
+            self.dropped[reason] += 1
+            return 0
+        (_magic, _version, _type, _length, venue, seq, instrument, n_updates, n_trades,
+         send_ts) = HEADER.unpack_from(payload)
+        book = self.books[(venue, instrument)]
+        try:
+            for i in range(n_updates):
+                side, action, price, qty = UPDATE.unpack_from(payload, md.HEADER_SIZE + i * md.UPDATE_SIZE)
+                book.set_level(side, price, qty if action == md.SET else 0)
+        except BookError:
+            self.dropped["bad book update"] += 1
+            return 0
+        trade_price = trade_qty = 0
+        if n_trades:
+            trade_price, trade_qty, _ = TRADE.unpack_from(payload, md.md_length(n_updates, n_trades - 1))
+        feed = (venue, instrument)
+        previous = self.last_seq.get(feed)
+        if previous is not None and seq > previous + 1:
+            self.gaps += seq - previous - 1
+        self.last_seq[feed] = seq
+        bid = book.best_bid() or (0, 0)
+        ask = book.best_ask() or (0, 0)
+        published = tsc()
+        message_seq = self.updates.publish(MARKET_UPDATE_STRUCT.pack(
+            app_in, published, kernel_rx_ns, seq, send_ts, venue, instrument,
+            bid[0], bid[1], ask[0], ask[1], trade_price, trade_qty))
+        if self.timing is not None:
+            self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, app_in, published, message_seq))
+        self.handled += 1
+        return 1
+
+
+def _check(payload: bytes) -> str | None:
+    """Why a datagram cannot be used, or None. Checks every length before trusting it."""
+    if len(payload) < md.HEADER_SIZE:
+        return "short datagram"
+    magic, version, msg_type, length, *_rest = HEADER.unpack_from(payload)
+    n_updates, n_trades = _rest[3], _rest[4]
+    if magic != md.MAGIC:
+        return "unknown magic"
+    if version != md.VERSION or msg_type != md.MSG_TYPE_MD:
+        return "unknown version or type"
+    if length != len(payload) or md.md_length(n_updates, n_trades) != length:
+        return "length mismatch"
+    return None

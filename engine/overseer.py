@@ -1,0 +1,180 @@
+"""Overseer: weighs each model's ideal order against what is already working.
+
+For every slot of the ideal-orders vector whose version moved, it compares the
+wish with the slot's working order (and anything in flight), and sends what
+closes the gap: a new order, a cancel, or nothing. It tracks positions and
+cash per venue from acks and fills, and refuses what the risk limits forbid.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from engine.clock import tsc
+from engine.messages import ACCOUNT_UPDATE, ACTORS, IDEAL_ORDER, KINDS, ORDER_REQUEST, TIMING, struct_of
+from engine.protocol.orders import BUY, IOC
+
+IDEAL = struct_of(IDEAL_ORDER)
+REQUEST = struct_of(ORDER_REQUEST)
+ACCOUNT = struct_of(ACCOUNT_UPDATE)
+TIMING_STRUCT = struct_of(TIMING)
+PUBLISHER = ACTORS["overseer"]
+KIND = KINDS["order_request"]
+PRICE_SCALE = 10**8                       # prices are 1e-8 units of the currency
+
+
+@dataclass
+class RiskLimits:
+    max_position: int = 100               # absolute, per (venue, instrument)
+    max_open_orders: int = 8              # per venue, including in flight
+    max_order_qty: int = 10
+
+
+@dataclass
+class Order:
+    client_order_id: int
+    venue: int
+    instrument: int
+    slot: int
+    side: int
+    price: int
+    qty: int
+    time_in_force: int
+    state: str = "pending"                # pending -> open -> (cancelling) -> done
+    filled: int = 0
+
+
+@dataclass
+class VenueAccount:
+    cash: int = 0                         # in price units x qty (1e-8 of the currency)
+    positions: Counter = field(default_factory=Counter)
+    open_orders: int = 0
+    connected: bool = True
+
+
+class Overseer:
+    def __init__(self, ideal_vector, slots: list[int], requests, timing=None,
+                 limits: RiskLimits | None = None, first_order_id: int = 1):
+        self.vector, self.slots = ideal_vector, list(slots)
+        self.requests, self.timing = requests, timing
+        self.limits = limits or RiskLimits()
+        self.seen = {slot: 0 for slot in self.slots}     # vector version last acted on
+        self.working: dict[int, Order] = {}              # slot -> its resting (DAY) order
+        self.orders: dict[int, Order] = {}               # client_order_id -> order
+        self.accounts: dict[int, VenueAccount] = {}
+        self.next_id = first_order_id
+        self.refused: Counter[str] = Counter()
+        self.sent = 0
+
+    def account(self, venue: int) -> VenueAccount:
+        return self.accounts.setdefault(venue, VenueAccount())
+
+    # -- ideal orders -> requests ----------------------------------------------------------
+    def poll(self) -> int:
+        acted = 0
+        for slot in self.slots:
+            version = self.vector.version(slot)
+            if version == self.seen[slot] or version & 1:
+                continue
+            got = self.vector.read_bytes(slot)
+            if got is None:
+                continue
+            self.seen[slot] = 2 * got[0]
+            acted += self.evaluate(slot, got[1])
+        return acted
+
+    def evaluate(self, slot: int, raw: bytes) -> int:
+        (origin, _pub, md_seq, model, venue, instrument, side, tif, price, qty, decided,
+         kernel_rx) = IDEAL.unpack(raw)
+        cause = (origin, decided, kernel_rx)
+        if tif == IOC:
+            return self.new_order(cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) if side else 0
+        working = self.working.get(slot)
+        if working is not None:
+            if working.state != "open":
+                return 0                                  # in flight: decide again once it settles
+            if side and (working.side, working.price, working.qty - working.filled) == (side, price, qty):
+                return 0
+            return self.cancel(cause, md_seq, model, working)
+        return self.new_order(cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) if side else 0
+
+    def new_order(self, cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) -> int:
+        account, limits = self.account(venue), self.limits
+        signed = qty if side == BUY else -qty
+        if not account.connected:
+            self.refused["venue disconnected"] += 1
+        elif qty > limits.max_order_qty:
+            self.refused["order too large"] += 1
+        elif account.open_orders >= limits.max_open_orders:
+            self.refused["too many open orders"] += 1
+        elif abs(account.positions[instrument] + signed) > limits.max_position:
+            self.refused["position limit"] += 1
+        else:
+            order = Order(self.next_id, venue, instrument, slot, side, price, qty, tif)
+            self.next_id += 1
+            self.orders[order.client_order_id] = order
+            if tif != IOC:
+                self.working[slot] = order
+            account.open_orders += 1
+            self._publish(cause, order.client_order_id, md_seq, venue, model, instrument, b"N", side, tif,
+                          price, qty, 0)
+            return 1
+        return 0
+
+    def cancel(self, cause, md_seq, model, order: Order) -> int:
+        order.state = "cancelling"
+        request_id = self.next_id
+        self.next_id += 1
+        self._publish(cause, request_id, md_seq, order.venue, model, order.instrument, b"C", order.side,
+                      order.time_in_force, order.price, order.qty, order.client_order_id)
+        return 1
+
+    def _publish(self, cause, client_order_id, md_seq, venue, model, instrument, kind, side, tif, price,
+                 qty, target):
+        origin, decided, kernel_rx = cause
+        published = tsc()
+        seq = self.requests.publish(REQUEST.pack(origin, published, client_order_id, md_seq, venue, model,
+                                                 instrument, kind[0], side, tif, price, qty, target, decided,
+                                                 kernel_rx))
+        if self.timing is not None:
+            self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, origin, published, seq))
+        self.sent += 1
+
+    # -- account updates from the gateway ------------------------------------------------
+    def on_account(self, raw: bytes) -> None:
+        (_origin, _pub, client_order_id, _venue_id, venue, kind, side, price, qty, leaves,
+         _rx) = ACCOUNT.unpack(raw)
+        kind = bytes([kind])
+        if kind == b"D":
+            self._venue_down(venue)
+            return
+        order = self.orders.get(client_order_id)
+        if order is None:
+            return
+        account = self.account(order.venue)
+        if kind == b"A" and order.state == "pending":
+            order.state = "open"
+        elif kind == b"F":
+            order.filled += qty
+            signed = qty if order.side == BUY else -qty
+            account.positions[order.instrument] += signed
+            account.cash -= signed * price
+            if leaves == 0:
+                self._done(order)
+        elif kind in (b"R", b"X"):
+            self._done(order)
+
+    def _done(self, order: Order) -> None:
+        if order.state == "done":
+            return
+        order.state = "done"
+        self.account(order.venue).open_orders -= 1
+        if self.working.get(order.slot) is order:
+            del self.working[order.slot]
+            self.seen[order.slot] = 0             # re-evaluate the slot's latest wish
+
+    def _venue_down(self, venue: int) -> None:
+        self.account(venue).connected = False
+        for order in list(self.orders.values()):
+            if order.venue == venue and order.state != "done":
+                self._done(order)

@@ -1,0 +1,225 @@
+"""Run the engine from a TOML config: `python -m engine --config FILE`.
+
+The actors talk only through queues and the ideal-orders vector, named
+`<name>.md`, `<name>.ideal`, `<name>.orders`, `<name>.accounts`, `<name>.timing`,
+so observers (logger, `lab timekeeper`) can attach by name.
+
+Single-process mode (the default) polls every actor in one loop. On this
+2-core machine that wins: each extra spinning process competes with the venue,
+the capture and the kernel for the same two cores.
+"""
+from __future__ import annotations
+
+import json
+import select
+import signal
+import time
+import tomllib
+from dataclasses import dataclass, field
+
+from engine.book import Books
+from engine.clock import calibrate
+from engine.gateway import STRATEGIES, OrderGateway, Session
+from engine.md_handler import MarketDataHandler
+from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST, TIMING
+from engine.models import MODELS
+from engine.net import udp_receiver
+from engine.overseer import Overseer, RiskLimits
+from engine.queues import Queue, SeqlockVector
+from engine.telemetry import TelemetryRecorder
+
+
+class ConfigError(ValueError):
+    """The engine config cannot be used; the message names the key."""
+
+
+@dataclass
+class VenueConfig:
+    id: int
+    feed: tuple[str, int]
+    gateway: tuple[str, int]
+    account: int = 1
+
+
+@dataclass
+class EngineConfig:
+    name: str = "wirelab-engine"
+    strategy: str = "none"
+    telemetry: str | None = None
+    duration_s: float | None = None
+    max_orders: int | None = None
+    venues: list[VenueConfig] = field(default_factory=list)
+    ticks: dict = field(default_factory=dict)            # (venue, instrument) -> tick
+    models: list[dict] = field(default_factory=list)
+    risk: RiskLimits = field(default_factory=RiskLimits)
+    queue_capacity: int = 1 << 14
+
+
+def _address(value, key) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{key}: expected \"host:port\", got {value!r}")
+    host, port = value.rsplit(":", 1)
+    if not port.isdigit():
+        raise ConfigError(f"{key}: port must be a number, got {port!r}")
+    return host, int(port)
+
+
+def parse_config(text: str) -> EngineConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"toml: {exc}") from None
+    engine = data.get("engine", {})
+    config = EngineConfig(
+        name=engine.get("name", "wirelab-engine"), strategy=engine.get("strategy", "none"),
+        telemetry=engine.get("telemetry"), duration_s=engine.get("duration_s"),
+        max_orders=engine.get("max_orders"))
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(f"engine.strategy: {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    for i, v in enumerate(data.get("venues", [])):
+        if "id" not in v:
+            raise ConfigError(f"venues[{i}].id: missing")
+        config.venues.append(VenueConfig(v["id"], _address(v.get("feed"), f"venues[{i}].feed"),
+                                         _address(v.get("gateway"), f"venues[{i}].gateway"), v.get("account", 1)))
+    if not config.venues:
+        raise ConfigError("venues: at least one [[venues]] is needed")
+    for i, inst in enumerate(data.get("instruments", [])):
+        config.ticks[(inst["venue"], inst["id"])] = inst.get("tick", 10**6)
+    for i, m in enumerate(data.get("models", [])):
+        if m.get("type") not in MODELS:
+            raise ConfigError(f"models[{i}].type: {m.get('type')!r} is not one of {', '.join(MODELS)}")
+        config.models.append(dict(m))
+    if not config.models:
+        raise ConfigError("models: at least one [[models]] is needed")
+    risk = data.get("risk", {})
+    config.risk = RiskLimits(**{k: risk[k] for k in ("max_position", "max_open_orders", "max_order_qty")
+                                if k in risk})
+    return config
+
+
+class Engine:
+    """All actors, wired through named queues, polled in one loop."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        n = config.name
+        cap = config.queue_capacity
+        self.queues = [Queue(f"{n}.md", MARKET_UPDATE.dtype, cap), Queue(f"{n}.orders", ORDER_REQUEST.dtype, cap),
+                       Queue(f"{n}.accounts", ACCOUNT_UPDATE.dtype, cap), Queue(f"{n}.timing", TIMING.dtype, cap)]
+        md_q, orders_q, accounts_q, timing_q = self.queues
+        self.ideal = SeqlockVector(f"{n}.ideal", IDEAL_ORDER.dtype, capacity=max(8, len(config.models)))
+        timing = timing_q.producer()
+        self.books = Books(lambda venue, instrument: config.ticks.get((venue, instrument), 10**6))
+        self.feeds = [udp_receiver(*v.feed) for v in config.venues]
+        self.md = MarketDataHandler(self.feeds, self.books, md_q.producer(), timing)
+        self.md_updates = md_q.consumer()
+        self.models = []
+        for slot, m in enumerate(config.models):
+            params = {k: v for k, v in m.items() if k not in ("type", "venue", "instrument")}
+            self.models.append(MODELS[m["type"]](slot + 1, m["venue"], m["instrument"], slot, **params))
+        self.overseer = Overseer(self.ideal, range(len(self.models)), orders_q.producer(), timing, config.risk)
+        self.account_updates = accounts_q.consumer()
+        self.telemetry = TelemetryRecorder()
+        self.gateway = OrderGateway([Session(v.id, *v.gateway, account=v.account) for v in config.venues],
+                                    orders_q.consumer(), accounts_q.producer(), self.telemetry, config.strategy)
+        self.timing = timing
+        self.calibration = None
+        self.stopping = False
+        # One epoll for every socket: a pass costs one syscall when nothing is waiting.
+        self.poller = select.epoll()
+        self.readers = {}
+        for sock in self.feeds:
+            self.poller.register(sock.fileno(), select.EPOLLIN)
+            self.readers[sock.fileno()] = sock
+        self.gateway.on_connect = self._watch_session
+        self.gateway.on_disconnect = self._unwatch_session
+
+    def _watch_session(self, session) -> None:
+        self.poller.register(session.sock.fileno(), select.EPOLLIN)   # EPOLLERR is always reported
+        self.readers[session.sock.fileno()] = session
+
+    def _unwatch_session(self, session) -> None:
+        self.poller.unregister(session.sock.fileno())
+        del self.readers[session.sock.fileno()]
+
+    def step(self) -> None:
+        """One pass over every actor: sockets that are ready, then the queues."""
+        for fd, events in self.poller.poll(0):
+            reader = self.readers.get(fd)
+            if isinstance(reader, Session):
+                self.gateway.on_readable(reader, bool(events & select.EPOLLERR))
+            elif reader is not None:
+                self.md.read(reader)
+        while (update := self.md_updates.poll_bytes()) is not None:
+            for model in self.models:
+                model.on_update(update, self.ideal, self.timing)
+        self.overseer.poll()
+        while (account := self.account_updates.poll_bytes()) is not None:
+            self.overseer.on_account(account)
+        self.gateway.poll()
+
+    def run(self) -> dict:
+        self.calibration = calibrate(duration_s=0.1, samples=200)
+        self.gateway.connect_all()
+        start = time.monotonic()
+        limit = self.config.duration_s
+        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        try:
+            while not self.stopping and not self.gateway.failed:
+                self.step()
+                if limit is not None and time.monotonic() - start >= limit:
+                    break
+                if self.config.max_orders is not None and self.gateway.counts["orders"] >= self.config.max_orders:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.finish()
+        return self.summary()
+
+    def finish(self) -> None:
+        deadline = time.monotonic() + 0.2                # let the last TX stamps come back
+        while self.telemetry.pending and time.monotonic() < deadline:
+            self.gateway.poll_sockets()
+        self.gateway.close()
+        if self.config.telemetry and self.calibration is not None:
+            self.telemetry.save(self.config.telemetry, self.calibration,
+                                {"strategy": self.config.strategy, "summary": self.summary()})
+
+    def summary(self) -> dict:
+        return {"md_handled": self.md.handled, "md_dropped": dict(self.md.dropped), "md_gaps": self.md.gaps,
+                "orders": self.gateway.counts["orders"], "gateway": dict(self.gateway.counts),
+                "refused": dict(self.overseer.refused), "venue_failed": self.gateway.failed,
+                "positions": {v: dict(a.positions) for v, a in self.overseer.accounts.items()}}
+
+    def close(self) -> None:
+        self.poller.close()
+        for sock in self.feeds:
+            sock.close()
+        for q in self.queues:
+            q.close()
+        self.ideal.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Run the wirelab trading engine.")
+    parser.add_argument("--config", required=True, help="engine TOML config")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.config, "rb") as f:
+            config = parse_config(f.read().decode("utf-8"))
+        with Engine(config) as engine:
+            print(json.dumps(engine.run(), indent=2))
+    except (OSError, ConfigError, UnicodeDecodeError) as exc:
+        print(f"engine: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

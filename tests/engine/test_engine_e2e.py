@@ -1,0 +1,172 @@
+"""The engine as a real process against a minimal venue played by the test, on loopback."""
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.protocol import md, orders as wire
+from engine.telemetry import read_telemetry, stage_ns
+
+NEW_ORDER = struct.Struct("<HBBIQQIBB2xqq")
+ACK = struct.Struct("<HBB4xQQq")
+FILL = struct.Struct("<HBB4xQQQqqqq")
+TICK = 10**6
+
+
+def free_port(kind):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class MiniVenue(threading.Thread):
+    """Accepts the engine, acks and fully fills every NewOrder; records what arrived how."""
+
+    def __init__(self, drop_first_connection_after=None):
+        super().__init__(daemon=True)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(4)
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.orders, self.voids, self.connections, self.chunks = [], 0, 0, []
+        self.drop_after = drop_first_connection_after
+        self.stop = False
+
+    def run(self):
+        while not self.stop:
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            self.connections += 1
+            self.serve(conn)
+
+    def serve(self, conn):
+        conn.settimeout(0.2)
+        buf = b""
+        while not self.stop:
+            try:
+                data = conn.recv(4096)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            self.chunks.append(len(data))
+            buf += data
+            while len(buf) >= 3 and len(buf) >= buf[0] | buf[1] << 8:
+                length = buf[0] | buf[1] << 8
+                msg, buf = buf[:length], buf[length:]
+                if msg[2] == wire.NEW_ORDER_TYPE:
+                    (_l, _t, flags, _acct, oid, trigger, inst, side, tif, price, qty) = NEW_ORDER.unpack(msg)
+                    if qty == 0:
+                        self.voids += 1
+                        continue
+                    self.orders.append((trigger, flags, side, price, qty))
+                    conn.sendall(ACK.pack(32, wire.ACK_TYPE, wire.NEW_ORDER_TYPE, oid, oid, 0)
+                                 + FILL.pack(64, wire.FILL_TYPE, side, oid, oid, oid, price, qty, 0, 0))
+            if self.drop_after is not None and self.connections == 1 and len(self.orders) >= self.drop_after:
+                break
+        conn.close()
+
+
+def datagram(seq, bid_qty, ask_qty, venue=1, instrument=7):
+    bid, ask = 100 * 10**8, 100 * 10**8 + TICK
+    return md.MdDatagram(venue, seq, instrument, time.time_ns(), (
+        md.L2Update(md.BID, md.SET, bid, bid_qty), md.L2Update(md.ASK, md.SET, ask, ask_qty))).encode()
+
+
+def run_engine(tmp_path, venue, strategy, sends, name):
+    feed = free_port(socket.SOCK_DGRAM)
+    tel = tmp_path / "run.tel"
+    config = tmp_path / "engine.toml"
+    config.write_text(f"""
+[engine]
+name = "{name}"
+strategy = "{strategy}"
+telemetry = "{tel}"
+duration_s = 6.0
+[[venues]]
+id = 1
+feed = "127.0.0.1:{feed}"
+gateway = "127.0.0.1:{venue.port}"
+[[instruments]]
+venue = 1
+id = 7
+tick = {TICK}
+[[models]]
+type = "imbalance-taker"
+venue = 1
+instrument = 7
+qty = 1
+threshold_pct = 70
+[risk]
+max_position = 1000
+max_open_orders = 1000
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)                                   # calibration, connect, prime
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for payload in sends:
+            sender.sendto(payload, ("127.0.0.1", feed))
+            time.sleep(0.005)
+        sender.close()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    return json.loads(out), tel
+
+
+@pytest.mark.parametrize("strategy", ["none", "tcp-prefix"])
+def test_engine_trades_every_lopsided_update_and_records_causal_telemetry(tmp_path, strategy):
+    venue = MiniVenue()
+    venue.start()
+    lopsided = [datagram(seq, 900, 100) for seq in range(1, 41)]
+    garbage = [b"", b"WM", b"XX" + bytes(40), datagram(999, 5, 5)[:-3]]
+    summary, tel = run_engine(tmp_path, venue, strategy, lopsided + garbage, f"e2e-{strategy}-{os.getpid()}")
+    venue.stop = True
+    venue.join(timeout=5)
+    assert summary["md_handled"] == 40
+    assert summary["md_dropped"] == {"short datagram": 2, "unknown magic": 1, "length mismatch": 1}
+    assert [t for t, *_ in venue.orders] == list(range(1, 41))
+    assert all(side == wire.BUY and price == 100 * 10**8 + TICK for _, _, side, price, _ in venue.orders)
+    assert summary["positions"] == {"1": {"7": 40}}
+    prefixed = {flags & wire.FLAG_PREFIX_EARLY for _, flags, *_ in venue.orders}
+    assert prefixed == ({1} if strategy == "tcp-prefix" else {0})
+    orders, calibration, meta = read_telemetry(tel)
+    assert len(orders) == 40 and meta["strategy"] == strategy
+    assert (orders["kernel_tx_ns"] > 0).all()
+    stages = stage_ns(orders, calibration)
+    chain = [stages[k] for k in ("kernel_rx", "app_in", "decision", "app_out", "kernel_tx")]
+    slack = int(calibration.residual_ns_p99) + 1000      # calibration error bound
+    for earlier, later in zip(chain, chain[1:]):
+        assert (later - earlier >= -slack).all()
+    if strategy == "tcp-prefix":
+        assert (orders["order_bytes"] == wire.NEW_ORDER_SIZE - wire.NEW_ORDER_PREFIX_BYTES).all()
+        assert ((orders["prefix_kernel_tx_ns"] > 0) & (orders["prefix_kernel_tx_ns"] < orders["kernel_tx_ns"])).all()
+
+
+def test_engine_reconnects_after_the_venue_drops_it(tmp_path):
+    venue = MiniVenue(drop_first_connection_after=5)
+    venue.start()
+    sends = [datagram(seq, 900, 100) for seq in range(1, 21)]
+    summary, _ = run_engine(tmp_path, venue, "tcp-prefix", sends, f"e2e-reconnect-{os.getpid()}")
+    venue.stop = True
+    venue.join(timeout=5)
+    assert venue.connections == 2
+    assert summary["gateway"]["disconnects"] == 1 and summary["gateway"]["connects"] == 2
+    assert not summary["venue_failed"]
