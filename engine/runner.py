@@ -45,6 +45,9 @@ class VenueConfig:
 class EngineConfig:
     name: str = "wirelab-engine"
     strategy: str = "none"
+    mode: str = "single"                                 # or "processes" (engine/processes.py)
+    wait: str = "yield"                                  # processes mode: "spin" or "yield"
+    cpus: list[int] | None = None                        # processes mode: pin round robin
     telemetry: str | None = None
     duration_s: float | None = None
     max_orders: int | None = None
@@ -73,7 +76,12 @@ def parse_config(text: str) -> EngineConfig:
     config = EngineConfig(
         name=engine.get("name", "wirelab-engine"), strategy=engine.get("strategy", "none"),
         telemetry=engine.get("telemetry"), duration_s=engine.get("duration_s"),
-        max_orders=engine.get("max_orders"))
+        max_orders=engine.get("max_orders"), mode=engine.get("mode", "single"),
+        wait=engine.get("wait", "yield"), cpus=engine.get("cpus"))
+    if config.mode not in ("single", "processes"):
+        raise ConfigError(f"engine.mode: {config.mode!r} is not single or processes")
+    if config.wait not in ("spin", "yield"):
+        raise ConfigError(f"engine.wait: {config.wait!r} is not spin or yield")
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"engine.strategy: {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
     for i, v in enumerate(data.get("venues", [])):
@@ -160,6 +168,9 @@ class Engine:
 
     def run(self) -> dict:
         self.calibration = calibrate(duration_s=0.1, samples=200)
+        if self.config.mode == "processes":
+            from engine.processes import run_processes
+            return run_processes(self, self.config.wait, self.config.cpus)
         self.gateway.connect_all()
         start = time.monotonic()
         limit = self.config.duration_s

@@ -18,6 +18,7 @@ COMMANDS = {
     "simulate": "simulate",
     "demo": "demo",
     "synth": "synth",
+    "timekeeper": "timekeeper",
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 from lab.commands.simulate import to_text
-from lab.spacetime import plot_simulation
 from simulator.scenario import load_scenario
 from simulator.strategies import simulate
 
@@ -20,6 +19,7 @@ def register(sub):
 
 
 def run(args) -> int:
+    from lab.spacetime import plot_simulation      # matplotlib: only when drawing
     os.makedirs(args.out, mode=0o700, exist_ok=True)
     sim = simulate(load_scenario("krx-2008"), STRATEGIES)
     print(to_text(sim))

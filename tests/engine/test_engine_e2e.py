@@ -86,7 +86,7 @@ def datagram(seq, bid_qty, ask_qty, venue=1, instrument=7):
         md.L2Update(md.BID, md.SET, bid, bid_qty), md.L2Update(md.ASK, md.SET, ask, ask_qty))).encode()
 
 
-def run_engine(tmp_path, venue, strategy, sends, name):
+def run_engine(tmp_path, venue, strategy, sends, name, mode="single"):
     feed = free_port(socket.SOCK_DGRAM)
     tel = tmp_path / "run.tel"
     config = tmp_path / "engine.toml"
@@ -96,6 +96,7 @@ name = "{name}"
 strategy = "{strategy}"
 telemetry = "{tel}"
 duration_s = 6.0
+mode = "{mode}"
 [[venues]]
 id = 1
 feed = "127.0.0.1:{feed}"
@@ -131,13 +132,15 @@ max_open_orders = 1000
     return json.loads(out), tel
 
 
-@pytest.mark.parametrize("strategy", ["none", "tcp-prefix"])
-def test_engine_trades_every_lopsided_update_and_records_causal_telemetry(tmp_path, strategy):
+@pytest.mark.parametrize("strategy,mode", [("none", "single"), ("tcp-prefix", "single"),
+                                           ("tcp-prefix", "processes")])
+def test_engine_trades_every_lopsided_update_and_records_causal_telemetry(tmp_path, strategy, mode):
     venue = MiniVenue()
     venue.start()
     lopsided = [datagram(seq, 900, 100) for seq in range(1, 41)]
     garbage = [b"", b"WM", b"XX" + bytes(40), datagram(999, 5, 5)[:-3]]
-    summary, tel = run_engine(tmp_path, venue, strategy, lopsided + garbage, f"e2e-{strategy}-{os.getpid()}")
+    summary, tel = run_engine(tmp_path, venue, strategy, lopsided + garbage,
+                              f"e2e-{strategy}-{mode}-{os.getpid()}", mode)
     venue.stop = True
     venue.join(timeout=5)
     assert summary["md_handled"] == 40
@@ -170,3 +173,42 @@ def test_engine_reconnects_after_the_venue_drops_it(tmp_path):
     assert venue.connections == 2
     assert summary["gateway"]["disconnects"] == 1 and summary["gateway"]["connects"] == 2
     assert not summary["venue_failed"]
+
+
+def test_timekeeper_attaches_to_a_running_engine_and_reports_stages(tmp_path):
+    venue = MiniVenue()
+    venue.start()
+    name = f"e2e-tk-{os.getpid()}"
+    keeper = {}
+
+    def observe():
+        time.sleep(0.6)                                   # the engine has created its queues
+        keeper["result"] = subprocess.run(
+            [sys.executable, "-m", "lab", "timekeeper", "--engine", name, "--duration", "3", "--json",
+             "--from-start"],
+            capture_output=True, text=True, timeout=60)
+
+    watcher = threading.Thread(target=observe)
+    watcher.start()
+    sends = [datagram(seq, 900, 100) for seq in range(1, 201)]
+    summary, _ = run_engine(tmp_path, venue, "none", sends, name)
+    watcher.join()
+    venue.stop = True
+    result = keeper["result"]
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    stages = report["stages"]
+    assert set(stages) == {"md_handler:market_update", "trade_model:ideal_order", "overseer:order_request"}
+    assert stages["md_handler:market_update"]["count"] == summary["md_handled"] == 200
+    assert stages["overseer:order_request"]["count"] == summary["orders"] == 200
+    # each stage publishes after the one before it, for the same origin
+    assert stages["md_handler:market_update"]["p50_ns"] <= stages["trade_model:ideal_order"]["p50_ns"] \
+        <= stages["overseer:order_request"]["p50_ns"]
+    assert report["missed"] == 0
+
+
+def test_timekeeper_without_an_engine_is_one_line_exit_2():
+    result = subprocess.run([sys.executable, "-m", "lab", "timekeeper", "--engine", "no-such-engine",
+                             "--duration", "1", "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "no-such-engine" in result.stderr
