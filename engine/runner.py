@@ -25,7 +25,7 @@ from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_RE
 from engine.models import MODELS
 from engine.net import udp_receiver
 from engine.overseer import Overseer, RiskLimits
-from engine.queues import Queue, SeqlockVector
+from engine.queues import Queue, QueueError, SeqlockVector
 from engine.telemetry import TelemetryRecorder
 
 
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
             config = parse_config(f.read().decode("utf-8"))
         with Engine(config) as engine:
             print(json.dumps(engine.run(), indent=2))
-    except (OSError, ConfigError, UnicodeDecodeError) as exc:
+    except (OSError, ConfigError, UnicodeDecodeError, QueueError) as exc:
         print(f"engine: error: {exc}", file=sys.stderr)
         return 2
     return 0

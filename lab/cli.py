@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "demo",
     "synth": "synth",
     "timekeeper": "timekeeper",
+    "engine": "engine",
 }
 
 

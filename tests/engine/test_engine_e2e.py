@@ -1,5 +1,6 @@
 """The engine as a real process against a minimal venue played by the test, on loopback."""
 import json
+import signal
 import os
 import socket
 import struct
@@ -212,3 +213,47 @@ def test_timekeeper_without_an_engine_is_one_line_exit_2():
                              "--duration", "1", "--json"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "no-such-engine" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_the_engine_cleanly_and_leave_no_shared_memory(tmp_path, sig):
+    venue = MiniVenue()
+    venue.start()
+    name = f"e2e-sig-{sig.value}-{os.getpid()}"
+    config = tmp_path / "engine.toml"
+    config.write_text(f"""
+[engine]
+name = "{name}"
+telemetry = "{tmp_path / 'run.tel'}"
+[[venues]]
+id = 1
+feed = "127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+gateway = "127.0.0.1:{venue.port}"
+[[models]]
+type = "imbalance-taker"
+venue = 1
+instrument = 7
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "lab", "engine", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while not os.path.exists(f"/dev/shm/wirelab-{name}.md") and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.stat(f"/dev/shm/wirelab-{name}.md").st_mode & 0o077 == 0
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    venue.stop = True
+    assert proc.returncode == 0, err
+    assert json.loads(out)["orders"] == 0
+    assert [f for f in os.listdir("/dev/shm") if name in f] == []
+    assert (tmp_path / "run.tel").exists()
+
+
+def test_bad_engine_config_is_one_line_exit_2(tmp_path):
+    config = tmp_path / "engine.toml"
+    config.write_text('[engine]\nstrategy = "teleport"\n')
+    result = subprocess.run([sys.executable, "-m", "lab", "engine", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "engine.strategy" in result.stderr
