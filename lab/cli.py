@@ -18,6 +18,8 @@ COMMANDS = {
     "simulate": "simulate",
     "demo": "demo",
     "synth": "synth",
+    "info": "info",
+    "measure": "measure",
     "timekeeper": "timekeeper",
     "engine": "engine",
 }
@@ -47,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:  # `lab ... | head`: an OSError, but not the user's mistake
+        return 0
     except USER_ERRORS as exc:
         print(f"lab {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lab {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `lab ... | head`
-        return 0
 
 
 def describe(exc: BaseException) -> str:

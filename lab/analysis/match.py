@@ -1,0 +1,135 @@
+"""Pair each order with the market-data message that triggered it.
+
+Three ways (`--match`):
+- trigger (default): the order carries the MD seq that triggered it (the
+  binary NewOrder's trigger_seq, FIX tag 9001).
+- fix-tag:N: FIX tag N of the order holds the MD seq.
+- nearest: no seq at all (captures of foreign systems): an order belongs to the
+  last MD message whose first bit came strictly before the order's first bit,
+  so each MD is paired with the first order after it, if that order comes
+  before the next MD.
+
+What does not pair is counted and listed, as exact-capture's matcher does:
+orders whose trigger is not in the capture (unmatched orders), MD messages no
+order points at (unmatched MD; most MD triggers nothing), and duplicates:
+orders after the first for the same MD, and MD messages that repeat a seq
+already seen (the first captured is the trigger).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.protocol.fix import TRIGGER_SEQ_TAG
+from lab.errors import LabError
+
+TRIGGER = "trigger"
+NEAREST = "nearest"
+FIX_TAG = "fix-tag"
+
+
+class MatchError(LabError):
+    """A --match mode that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class MatchMode:
+    kind: str                    # TRIGGER, NEAREST or FIX_TAG
+    fix_tag: int = TRIGGER_SEQ_TAG
+
+    def __str__(self) -> str:
+        return f"{FIX_TAG}:{self.fix_tag}" if self.kind == FIX_TAG else self.kind
+
+
+def parse_match(text: str) -> MatchMode:
+    """'trigger', 'nearest' or 'fix-tag:N' (N a positive FIX tag number)."""
+    if text in (TRIGGER, NEAREST):
+        return MatchMode(text)
+    found = re.fullmatch(r"fix-tag:([0-9]{1,9})", text)
+    if found and int(found.group(1)) > 0:
+        return MatchMode(FIX_TAG, int(found.group(1)))
+    raise MatchError(f"--match {text!r}: use trigger, nearest or fix-tag:N (N a FIX tag number)")
+
+
+@dataclass
+class Matches:
+    """Row indices into the MD and order tables."""
+    md: np.ndarray                  # per matched trigger, in t_MD order
+    order: np.ndarray               # the order it triggered
+    unmatched_md: np.ndarray        # MD rows (first arrival of each seq) no order points at
+    unmatched_orders: np.ndarray    # order rows whose trigger is not in the capture
+    duplicate_orders: np.ndarray    # order rows after the first for the same MD
+    duplicate_md: np.ndarray        # MD rows repeating a seq seen earlier
+
+    @property
+    def duplicates(self) -> int:
+        return int(self.duplicate_orders.size + self.duplicate_md.size)
+
+
+def _stable_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argsort(kind="stable"), the keys in that order), with no sort or copy when the keys
+    are already in order (a feed's seqs, a capture's stamps)."""
+    if keys.size < 2 or bool((keys[1:] >= keys[:-1]).all()):
+        return np.arange(keys.size), keys
+    order = np.argsort(keys, kind="stable")
+    return order, keys[order]
+
+
+def _firsts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Boolean: the first row of each run of equal keys in a sorted array."""
+    first = np.ones(sorted_keys.size, bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return first
+
+
+def by_trigger(md_seq: np.ndarray, md_time: np.ndarray, order_trigger: np.ndarray,
+               order_time: np.ndarray) -> Matches:
+    """Match on the seq each order carries; the earliest order per MD is the match.
+
+    Rows are in capture order; a seq seen twice keeps its first capture. An MD
+    row or order with a negative seq (unknown) matches nothing.
+    """
+    md_order, sorted_seq = _stable_order(md_seq)                   # by seq, then capture order
+    md_first = _firsts(sorted_seq) | (sorted_seq < 0)              # an unknown seq is no duplicate
+    canonical = md_order[md_first]                                 # first arrival per seq
+    duplicate_md = np.sort(md_order[~md_first], kind="stable")
+    canonical_seq = sorted_seq[md_first]
+
+    by_time, _ = _stable_order(order_time)
+    trigger = order_trigger[by_time]
+    slot = np.minimum(np.searchsorted(canonical_seq, trigger), max(canonical_seq.size - 1, 0))
+    found = (trigger >= 0) & (canonical_seq[slot] == trigger) if canonical_seq.size \
+        else np.zeros(trigger.size, bool)
+    unmatched_orders = np.sort(by_time[~found], kind="stable")
+    found_rows = by_time[found]
+    found_slot = slot[found]
+    # the first order (in time) for each MD wins; a stable sort by slot keeps time order inside
+    regroup = np.argsort(found_slot, kind="stable")
+    first = _firsts(found_slot[regroup])
+    winners, winner_slot = found_rows[regroup][first], found_slot[regroup][first]
+    duplicate_orders = np.sort(found_rows[regroup][~first], kind="stable")
+    taken = np.zeros(canonical.size, bool)
+    taken[winner_slot] = True
+    md_rows = canonical[winner_slot]
+    in_time = np.argsort(md_time[md_rows], kind="stable")
+    return Matches(md=md_rows[in_time], order=winners[in_time],
+                   unmatched_md=np.sort(canonical[~taken], kind="stable"), unmatched_orders=unmatched_orders,
+                   duplicate_orders=duplicate_orders, duplicate_md=duplicate_md)
+
+
+def nearest(md_time: np.ndarray, order_time: np.ndarray) -> Matches:
+    """Each order to the last MD strictly before it; per MD the first such order wins."""
+    md_by_time, times = _stable_order(md_time)
+    by_time, _ = _stable_order(order_time)
+    slot = np.searchsorted(times, order_time[by_time], side="left") - 1    # strictly before
+    found = slot >= 0
+    unmatched_orders = np.sort(by_time[~found], kind="stable")
+    found_rows, found_slot = by_time[found], slot[found]
+    first = _firsts(found_slot)                     # orders are in time order, so slots are sorted
+    taken = np.zeros(md_time.size, bool)
+    taken[found_slot[first]] = True
+    return Matches(md=md_by_time[found_slot[first]], order=found_rows[first],
+                   unmatched_md=np.sort(md_by_time[~taken], kind="stable"), unmatched_orders=unmatched_orders,
+                   duplicate_orders=np.sort(found_rows[~first], kind="stable"), duplicate_md=np.zeros(0, np.int64))

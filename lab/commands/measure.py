@@ -1,0 +1,200 @@
+"""`lab measure --pcap FILE`: tick-to-trade per trigger, from any capture."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from lab.analysis import convention
+from lab.analysis.match import MatchError, parse_match
+from lab.analysis.measure import MeasureError, Measurement, MeasureOptions, measure, parse_endpoint
+from lab.analysis.stats import (
+    SUMMARY_KEYS,
+    ExportError,
+    require_pyarrow,
+    summarize,
+    write_hgrm,
+    write_plot,
+    write_table,
+)
+from lab.table import render
+from simulator.units import UnitError, format_rate, parse_rate
+
+LISTED = 100   # misses and duplicates listed in the JSON (all are counted)
+
+
+def _argument(parse):
+    """An argparse type from a parser that raises our errors: bad values become usage errors."""
+    def convert(text):
+        try:
+            return parse(text)
+        except (UnitError, MatchError, MeasureError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def register(sub):
+    p = sub.add_parser(
+        "measure", help="tick-to-trade per trigger from a pcap/pcapng capture",
+        description="Decode a capture, reassemble the order flows, match each order to the market-data "
+                    "message that triggered it and report tick-to-trade: the first bit of the frame that "
+                    "completes the order at the tap minus t_MD, the MD frame's first bit at the tap.")
+    p.add_argument("--pcap", required=True, metavar="FILE", help="pcap or pcapng capture")
+    p.add_argument("--convention", choices=convention.CONVENTIONS, default=convention.HARDWARE,
+                   help="hardware: every stamp is the frame's first bit (timing cards; default). "
+                        "software: inbound frames stamped at their last bit, outbound at their first "
+                        "(pcap on a host); needs --line-rate")
+    p.add_argument("--line-rate", type=_argument(parse_rate), metavar="RATE",
+                   help='link rate at the tap, e.g. "10Gbps": converts software stamps and gives each '
+                        "order's last-byte time")
+    p.add_argument("--match", type=_argument(parse_match), default=parse_match("trigger"),
+                   metavar="trigger|nearest|fix-tag:N",
+                   help="trigger: the order's trigger seq (default); nearest: first order after each MD; "
+                        "fix-tag:N: FIX tag N holds the MD seq")
+    p.add_argument("--md-flow", type=_argument(parse_endpoint), metavar="IP:PORT",
+                   help="only UDP to this address is market data (any datagram there counts)")
+    p.add_argument("--order-flow", type=_argument(parse_endpoint), metavar="IP:PORT",
+                   help="only TCP to this address carries orders")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--csv", metavar="FILE", help="write one row per trigger as CSV")
+    p.add_argument("--parquet", metavar="FILE", help="write one row per trigger as Parquet (needs pyarrow)")
+    p.add_argument("--hgrm", metavar="FILE", help="write the HdrHistogram percentile distribution (.hgrm)")
+    p.add_argument("--plot", metavar="FILE.png", help="write a histogram and CDF of tick-to-trade")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    convention.check(args.convention, args.line_rate)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ExportError(f"--plot {args.plot}: the plot is written as PNG; name the file *.png")
+    if args.parquet:
+        require_pyarrow(args.parquet)                 # before the long read, not after
+    options = MeasureOptions(convention=args.convention, line_rate_bps=args.line_rate, match=args.match,
+                             md_flow=args.md_flow, order_flow=args.order_flow)
+    with _ProgressBar(args.pcap) as progress:
+        options.progress = progress
+        result = measure(args.pcap, options)
+    latency = result.per_trigger["tick_to_trade_ns"]
+    if args.csv:
+        write_table(args.csv, result.per_trigger)
+    if args.parquet:
+        write_table(args.parquet, result.per_trigger, parquet=True)
+    if args.hgrm:
+        write_hgrm(args.hgrm, latency)
+    if args.plot:
+        write_plot(args.plot, latency, f"tick-to-trade, {os.path.basename(args.pcap)} "
+                                       f"({len(latency)} triggers, {_convention_text(result)})")
+    document = to_json(result)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(to_text(result, document, args))
+    return 0
+
+
+class _ProgressBar:
+    """A tqdm bar over the file's bytes on stderr, only when stderr is a terminal."""
+
+    def __init__(self, path):
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                total = os.path.getsize(path)
+            except OSError:
+                return
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="lab measure", file=sys.stderr,
+                            leave=False)
+
+    def __enter__(self):
+        if self.bar is None:
+            return None
+        return lambda position: self.bar.update(position - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _convention_text(result: Measurement) -> str:
+    rate = result.options.line_rate_bps
+    if result.options.convention == convention.HARDWARE:
+        return "hardware stamps (first bit)"
+    return f"software stamps, inbound moved to first bit at {format_rate(rate)}"
+
+
+def _listing(rows, columns: dict) -> list[dict]:
+    return [{name: int(values[row]) for name, values in columns.items()} for row in rows[:LISTED]]
+
+
+def to_json(result: Measurement) -> dict:
+    matches = result.matches
+    md, orders = result.md, result.orders
+    md_columns = {"seq": md["seq"], "t_md_ns": md["t_md_ns"], "packet": md["packet"] + 1}
+    order_columns = {"trigger_seq": orders["trigger_seq"], "order_first_bit_ns": orders["order_first_bit_ns"],
+                     "flow": orders["flow"], "packet": orders["packet"] + 1}
+    document = {
+        "file": result.path,
+        "format": result.format,
+        "packets": result.packets,
+        "md_messages": int(md["seq"].size),
+        "orders": int(orders["trigger_seq"].size),
+        "matched": int(matches.md.size),
+        "unmatched_md": int(matches.unmatched_md.size),
+        "unmatched_orders": int(matches.unmatched_orders.size),
+        "duplicates": matches.duplicates,
+        "convention": result.options.convention,
+        "convention_note": _convention_text(result),
+        "line_rate_bps": result.options.line_rate_bps,
+        "match": str(result.options.match),
+        "tick_to_trade_ns": summarize(result.per_trigger["tick_to_trade_ns"]),
+        "misses": {
+            "listed_at_most": LISTED,
+            "unmatched_orders": _listing(matches.unmatched_orders, order_columns),
+            "duplicate_orders": _listing(matches.duplicate_orders, order_columns),
+            "duplicate_md": _listing(matches.duplicate_md, md_columns),
+        },
+        "tcp": result.tcp,
+        "undecoded": result.undecoded,
+        "non_monotonic": result.non_monotonic,
+    }
+    if result.damage:
+        document["skipped"] = {
+            "bytes": sum(d.bytes_skipped for d in result.damage),
+            "records": sum(d.records_skipped for d in result.damage),
+            "reasons": [{"reason": d.reason, "at_offset": d.at_offset, "bytes": d.bytes_skipped,
+                         "records": d.records_skipped} for d in result.damage],
+        }
+    return document
+
+
+def to_text(result: Measurement, document: dict, args) -> str:
+    counts = [[name.replace("_", " "), document[name]] for name in
+              ("packets", "md_messages", "orders", "matched", "unmatched_md", "unmatched_orders", "duplicates")]
+    lines = [f"{result.path} ({result.format}): {_convention_text(result)}, match {document['match']}", "",
+             render(["", "count"], counts)]
+    summary = document["tick_to_trade_ns"]
+    lines += ["", "tick-to-trade (ns, nearest-rank percentiles)",
+              render(list(SUMMARY_KEYS), [["-" if summary[k] is None else summary[k] for k in SUMMARY_KEYS]],
+                     align="r" * len(SUMMARY_KEYS))]
+    if "order_last_byte_ns" not in result.per_trigger:
+        lines.append("order last-byte times need --line-rate")
+    for kind, listed in document["misses"].items():
+        if kind != "listed_at_most" and listed:
+            lines.append(f"{kind.replace('_', ' ')} (first {min(len(listed), 5)}): "
+                         + "; ".join(", ".join(f"{k} {v}" for k, v in row.items()) for row in listed[:5]))
+    if document["undecoded"]:
+        lines.append("not decoded: " + ", ".join(f"{k} {v}" for k, v in document["undecoded"].items()))
+    for error in document["tcp"]["framing_errors"]:
+        lines.append(f"flow {error['flow']}: framing stopped at byte {error['offset']}: {error['error']}")
+    if "skipped" in document:
+        skipped = document["skipped"]
+        lines.append(f"damaged file: skipped {skipped['bytes']} bytes, {skipped['records']} records: "
+                     + "; ".join(f"{r['reason']} at byte {r['at_offset']}" for r in skipped["reasons"]))
+    for flag, path in (("csv", args.csv), ("parquet", args.parquet), ("hgrm", args.hgrm), ("plot", args.plot)):
+        if path:
+            lines.append(f"{flag}: {path}")
+    return "\n".join(lines)
+
