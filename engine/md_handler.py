@@ -35,6 +35,7 @@ class MarketDataHandler:
         self.handled = 0
         self.last_seq: dict[tuple[int, int], int] = {}
         self.gaps = 0                     # datagrams missing from a feed's sequence
+        self.first_app_in = self.last_app_in = 0   # TSC span of the datagrams handled
 
     def poll(self) -> int:
         """Read at most one datagram per feed. Returns how many were handled."""
@@ -79,6 +80,9 @@ class MarketDataHandler:
         if self.timing is not None:
             self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, app_in, published, message_seq))
         self.handled += 1
+        if not self.first_app_in:
+            self.first_app_in = app_in
+        self.last_app_in = app_in
         return 1
 
 

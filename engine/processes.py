@@ -69,7 +69,8 @@ def _actor(engine, role: str, stop, results, wait: str, cpu: int | None) -> None
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     timing_queue = engine.queues[3]
-    shared_timing = timing_queue.producer(shared=True)  # three processes publish timing
+    # three processes publish timing, so it needs the shared (MPMC) producer
+    shared_timing = timing_queue.producer(shared=True) if engine.config.timing else None
     step = _steps(engine, role, shared_timing)
     idle = os.sched_yield if wait == "yield" else (lambda: None)
     passes = 0

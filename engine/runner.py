@@ -48,6 +48,7 @@ class EngineConfig:
     mode: str = "single"                                 # or "processes" (engine/processes.py)
     wait: str = "yield"                                  # processes mode: "spin" or "yield"
     cpus: list[int] | None = None                        # processes mode: pin round robin
+    timing: bool = True                                  # publish every stage to the timing queue
     telemetry: str | None = None
     duration_s: float | None = None
     max_orders: int | None = None
@@ -77,7 +78,7 @@ def parse_config(text: str) -> EngineConfig:
         name=engine.get("name", "wirelab-engine"), strategy=engine.get("strategy", "none"),
         telemetry=engine.get("telemetry"), duration_s=engine.get("duration_s"),
         max_orders=engine.get("max_orders"), mode=engine.get("mode", "single"),
-        wait=engine.get("wait", "yield"), cpus=engine.get("cpus"))
+        wait=engine.get("wait", "yield"), cpus=engine.get("cpus"), timing=engine.get("timing", True))
     if config.mode not in ("single", "processes"):
         raise ConfigError(f"engine.mode: {config.mode!r} is not single or processes")
     if config.wait not in ("spin", "yield"):
@@ -116,7 +117,7 @@ class Engine:
                        Queue(f"{n}.accounts", ACCOUNT_UPDATE.dtype, cap), Queue(f"{n}.timing", TIMING.dtype, cap)]
         md_q, orders_q, accounts_q, timing_q = self.queues
         self.ideal = SeqlockVector(f"{n}.ideal", IDEAL_ORDER.dtype, capacity=max(8, len(config.models)))
-        timing = timing_q.producer()
+        timing = timing_q.producer() if config.timing else None
         self.books = Books(lambda venue, instrument: config.ticks.get((venue, instrument), 10**6))
         self.feeds = [udp_receiver(*v.feed) for v in config.venues]
         self.md = MarketDataHandler(self.feeds, self.books, md_q.producer(), timing)
@@ -199,7 +200,10 @@ class Engine:
                                 {"strategy": self.config.strategy, "summary": self.summary()})
 
     def summary(self) -> dict:
+        span_ns = (self.calibration.to_ns(self.md.last_app_in) - self.calibration.to_ns(self.md.first_app_in)
+                   if self.calibration and self.md.handled > 1 else 0)
         return {"md_handled": self.md.handled, "md_dropped": dict(self.md.dropped), "md_gaps": self.md.gaps,
+                "md_span_ns": span_ns,
                 "orders": self.gateway.counts["orders"], "gateway": dict(self.gateway.counts),
                 "refused": dict(self.overseer.refused), "venue_failed": self.gateway.failed,
                 "positions": {v: dict(a.positions) for v, a in self.overseer.accounts.items()}}

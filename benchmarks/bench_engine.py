@@ -1,0 +1,245 @@
+"""The engine on loopback against a naive single-function Python baseline, in one run.
+
+    python benchmarks/bench_engine.py --json [--messages N] [--rate MSGS_PER_S]
+
+A UDP feeder process sends lopsided top-of-book datagrams (every one triggers an
+IOC order from the imbalance taker); a venue process acks and fills every order.
+Per order it reports, from kernel stamps: wire-to-wire inside the host (kernel
+RX of the datagram -> kernel TX of the order) and internal (app_in -> app_out).
+
+- engine: book, two trade models, Overseer, gateway, timing queue on (single-process).
+- engine_no_timing: the same with timing publishes off (for telemetry_overhead).
+- baseline: one Python function: recv, decode the seq, encode an order, send.
+- md_msgs_per_s: balanced datagrams (no orders), sent as fast as one feeder can.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from engine.clock import calibrate, tsc
+from engine.net import recv_stamped, tcp_connect, tx_stamps, udp_receiver
+from engine.protocol import md
+from engine.protocol import orders as wire
+from engine.telemetry import read_telemetry, stage_ns
+
+CTX = mp.get_context("fork")
+NEW_ORDER = struct.Struct("<HBBIQQIBB2xqq")
+ACK = struct.Struct("<HBB4xQQq")
+FILL = struct.Struct("<HBB4xQQQqqqq")
+TICK = 10**6
+
+
+def free_port(kind):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def datagram(seq, bid_qty, ask_qty):
+    bid = 100 * 10**8
+    return md.MdDatagram(1, seq, 7, 0, (md.L2Update(md.BID, md.SET, bid, bid_qty),
+                                        md.L2Update(md.ASK, md.SET, bid + TICK, ask_qty))).encode()
+
+
+def venue(port_box, ready):
+    """Accept connections; ack and fill every NewOrder (prefix + rest arrive as a stream)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port_box.value = server.getsockname()[1]
+    ready.set()
+    while True:
+        conn, _ = server.accept()
+        buf = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            buf += data
+            replies = []
+            while len(buf) >= 3 and len(buf) >= (length := buf[0] | buf[1] << 8):
+                msg, buf = buf[:length], buf[length:]
+                if msg[2] == wire.NEW_ORDER_TYPE:
+                    _l, _t, _f, _a, oid, _trig, _i, side, _tif, price, qty = NEW_ORDER.unpack(msg)
+                    if qty:
+                        replies.append(ACK.pack(32, wire.ACK_TYPE, wire.NEW_ORDER_TYPE, oid, oid, 0)
+                                       + FILL.pack(64, wire.FILL_TYPE, side, oid, oid, oid, price, qty, 0, 0))
+            if replies:
+                conn.sendall(b"".join(replies))
+        conn.close()
+
+
+def feeder(port, grams, gap_s, start_delay):
+    time.sleep(start_delay)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    next_at = time.perf_counter()
+    for g in grams:
+        if gap_s:                                 # sleep, not spin: the engine needs the other core
+            next_at += gap_s
+            pause = next_at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        s.sendto(g, ("127.0.0.1", port))
+    s.close()
+
+
+def run_engine(venue_port, grams, gap_s, timing: bool, workdir: str, tag: str):
+    feed = free_port(socket.SOCK_DGRAM)
+    tel = os.path.join(workdir, f"{tag}.tel")
+    config = os.path.join(workdir, f"{tag}.toml")
+    duration = 2.0 + len(grams) * max(gap_s, 5e-6) + 2.0
+    with open(config, "w") as f:
+        f.write(f"""
+[engine]
+name = "bench-{tag}-{os.getpid()}"
+strategy = "none"
+telemetry = "{tel}"
+duration_s = {duration}
+timing = {str(timing).lower()}
+[[venues]]
+id = 1
+feed = "127.0.0.1:{feed}"
+gateway = "127.0.0.1:{venue_port}"
+[[instruments]]
+venue = 1
+id = 7
+tick = {TICK}
+[[models]]
+type = "imbalance-taker"
+venue = 1
+instrument = 7
+[[models]]
+type = "join-the-touch"
+venue = 1
+instrument = 7
+max_spread = 0
+[risk]
+max_position = 1000000000
+max_open_orders = 1000000000
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "--config", config], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    feed_proc = CTX.Process(target=feeder, args=(feed, grams, gap_s, 1.5))
+    feed_proc.start()
+    feed_proc.join()
+    out, err = proc.communicate(timeout=duration + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(err)
+    return json.loads(out), tel
+
+
+def latency_report(tel):
+    orders, calibration, _ = read_telemetry(tel)
+    st = stage_ns(orders, calibration)
+    stamped = orders["kernel_tx_ns"] > 0
+    w2w = (st["kernel_tx"] - st["kernel_rx"])[stamped]
+    internal = st["app_out"] - st["app_in"]
+    return {"orders": int(len(orders)),
+            "wire_to_wire_ns": {"p50": int(np.percentile(w2w, 50)), "p99": int(np.percentile(w2w, 99)),
+                                "min": int(w2w.min())},
+            "internal_ns": {"p50": int(np.percentile(internal, 50)), "p99": int(np.percentile(internal, 99))}}
+
+
+def baseline(feed_port_box, venue_port, n, ready, out):
+    """The naive floor: one function, no book, no queues; spin on the socket like the engine."""
+    rx = udp_receiver()
+    feed_port_box.value = rx.getsockname()[1]
+    tx = tcp_connect("127.0.0.1", venue_port)
+    hz = calibrate(duration_s=0.05, samples=100).frequency_hz
+    ready.set()
+    sent, rows = 0, []
+    while len(rows) < n:
+        got = recv_stamped(rx)
+        if got is None:
+            continue
+        app_in = tsc()
+        data, rx_ns = got
+        seq = struct.unpack_from("<Q", data, md.SEQ_OFFSET)[0]
+        order = NEW_ORDER.pack(48, wire.NEW_ORDER_TYPE, 0, 1, seq, seq, 7, wire.BUY, wire.IOC, 100 * 10**8, 1)
+        app_out = tsc()
+        tx.send(order)
+        sent += len(order)
+        rows.append((rx_ns, app_in, app_out, sent - 1))
+    stamps = {}
+    deadline = time.time() + 2
+    while len(stamps) < n and time.time() < deadline:
+        stamps.update(tx_stamps(tx))
+    w2w = np.array([stamps[end] - rx_ns for rx_ns, _, _, end in rows if end in stamps], dtype=np.int64)
+    internal = np.array([(o - i) * 10**9 // hz for _, i, o, _ in rows], dtype=np.int64)
+    out.put({"orders": n,
+             "wire_to_wire_ns": {"p50": int(np.percentile(w2w, 50)), "p99": int(np.percentile(w2w, 99)),
+                                 "min": int(w2w.min())},
+             "internal_ns": {"p50": int(np.percentile(internal, 50)), "p99": int(np.percentile(internal, 99))}})
+    tx.close()
+    rx.close()
+
+
+def run_baseline(venue_port, grams, gap_s):
+    port, ready, out = CTX.Value("i", 0), CTX.Event(), CTX.Queue()
+    proc = CTX.Process(target=baseline, args=(port, venue_port, len(grams), ready, out))
+    proc.start()
+    ready.wait()
+    feeder(port.value, grams, gap_s, 0.2)
+    result = out.get(timeout=120)
+    proc.join()
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=5000, help="triggering datagrams per latency run")
+    ap.add_argument("--rate", type=float, default=2000.0, help="datagrams per second in latency runs")
+    ap.add_argument("--throughput-messages", type=int, default=200_000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    port, ready = CTX.Value("i", 0), CTX.Event()
+    venue_proc = CTX.Process(target=venue, args=(port, ready), daemon=True)
+    venue_proc.start()
+    ready.wait()
+    gap = 1.0 / args.rate
+    lopsided = [datagram(seq, 900, 100) for seq in range(1, args.messages + 1)]
+    balanced = [datagram(seq, 500, 500) for seq in range(1, args.throughput_messages + 1)]
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        summary, tel = run_engine(port.value, lopsided, gap, True, workdir, "engine")
+        results["engine"] = latency_report(tel)
+        summary_nt, tel_nt = run_engine(port.value, lopsided, gap, False, workdir, "no-timing")
+        results["engine_no_timing"] = latency_report(tel_nt)
+        results["baseline"] = run_baseline(port.value, lopsided, gap)
+        t_summary, _ = run_engine(port.value, balanced, 0.0, True, workdir, "throughput")
+    span = t_summary.get("md_span_ns") or 0
+    results["engine"]["md_msgs_per_s"] = round(t_summary["md_handled"] / (span / 1e9)) if span else None
+    results["engine"]["md_handled"] = t_summary["md_handled"]
+    results["engine"]["md_gaps"] = t_summary["md_gaps"]
+    on, off = results["engine"]["internal_ns"]["p50"], results["engine_no_timing"]["internal_ns"]["p50"]
+    results["telemetry_overhead"] = round(on / off - 1, 3) if off else None
+    results["targets"] = {"wire_to_wire_p50_ns": 10_000, "wire_to_wire_p99_ns": 30_000, "internal_p50_ns": 3_000,
+                          "telemetry_overhead": 0.10, "md_msgs_per_s": 300_000}
+    venue_proc.kill()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key in ("engine", "engine_no_timing", "baseline"):
+            r = results[key]
+            print(f"{key:17s} wire-to-wire p50 {r['wire_to_wire_ns']['p50'] / 1e3:7.1f} us  "
+                  f"p99 {r['wire_to_wire_ns']['p99'] / 1e3:7.1f} us  internal p50 {r['internal_ns']['p50'] / 1e3:6.1f} us")
+        print(f"md msgs/s {results['engine']['md_msgs_per_s']}  telemetry overhead {results['telemetry_overhead']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
