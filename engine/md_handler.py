@@ -49,20 +49,23 @@ class MarketDataHandler:
         return self.handle(got[0], got[1] or 0, tsc())
 
     def handle(self, payload: bytes, kernel_rx_ns: int, app_in: int) -> int:
-        reason = _check(payload)
-        if reason:
-            self.dropped[reason] += 1
-            return 0
-        (_magic, _version, _type, _length, venue, seq, instrument, n_updates, n_trades,
+        if len(payload) < md.HEADER_SIZE:
+            return self._drop("short datagram")
+        (magic, version, msg_type, length, venue, seq, instrument, n_updates, n_trades,
          send_ts) = HEADER.unpack_from(payload)
+        if magic != md.MAGIC:
+            return self._drop("unknown magic")
+        if version != md.VERSION or msg_type != md.MSG_TYPE_MD:
+            return self._drop("unknown version or type")
+        if length != len(payload) or md.md_length(n_updates, n_trades) != length:
+            return self._drop("length mismatch")
         book = self.books[(venue, instrument)]
         try:
             for i in range(n_updates):
                 side, action, price, qty = UPDATE.unpack_from(payload, md.HEADER_SIZE + i * md.UPDATE_SIZE)
                 book.set_level(side, price, qty if action == md.SET else 0)
         except BookError:
-            self.dropped["bad book update"] += 1
-            return 0
+            return self._drop("bad book update")
         trade_price = trade_qty = 0
         if n_trades:
             trade_price, trade_qty, _ = TRADE.unpack_from(payload, md.md_length(n_updates, n_trades - 1))
@@ -86,16 +89,6 @@ class MarketDataHandler:
         return 1
 
 
-def _check(payload: bytes) -> str | None:
-    """Why a datagram cannot be used, or None. Checks every length before trusting it."""
-    if len(payload) < md.HEADER_SIZE:
-        return "short datagram"
-    magic, version, msg_type, length, *_rest = HEADER.unpack_from(payload)
-    n_updates, n_trades = _rest[3], _rest[4]
-    if magic != md.MAGIC:
-        return "unknown magic"
-    if version != md.VERSION or msg_type != md.MSG_TYPE_MD:
-        return "unknown version or type"
-    if length != len(payload) or md.md_length(n_updates, n_trades) != length:
-        return "length mismatch"
-    return None
+    def _drop(self, reason: str) -> int:
+        self.dropped[reason] += 1
+        return 0
