@@ -83,6 +83,7 @@ class OrderGateway:
         session.sent, session.primed, session.inbox = 0, None, bytearray()
         session.retries = 0
         self.counts["connects"] += 1
+        self.accounts.publish(ACCOUNT.pack(0, tsc(), 0, 0, session.venue, ord("U"), 0, 0, 0, 0, 0))
         self._prime(session)
         return True
 

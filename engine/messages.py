@@ -65,7 +65,7 @@ ACCOUNT_UPDATE = Layout("AccountUpdate", 72, _stamps() + [
     Field("client_order_id", 16, "<u8", "the order concerned"),
     Field("venue_order_id", 24, "<u8", "the venue's id"),
     Field("venue", 32, "<u2", "venue id"),
-    Field("kind", 34, "u1", 'b"A" ack, b"F" fill, b"R" reject, b"X" cancelled, b"D" disconnected'),
+    Field("kind", 34, "u1", 'b"A" ack, b"F" fill, b"R" reject, b"X" cancelled, b"D" venue down, b"U" venue up'),
     Field("side", 35, "u1", "1 buy, 2 sell"),
     Field("price", 40, "<i8", "execution price (fills)"),
     Field("qty", 48, "<i8", "filled quantity (fills)"),

@@ -54,7 +54,7 @@ class VenueAccount:
 
 class Overseer:
     def __init__(self, ideal_vector, slots: list[int], requests, timing=None,
-                 limits: RiskLimits | None = None, first_order_id: int = 1):
+                 limits: RiskLimits | None = None, first_order_id: int = 1, record_applies: bool = False):
         self.vector, self.slots = ideal_vector, list(slots)
         self.requests, self.timing = requests, timing
         self.limits = limits or RiskLimits()
@@ -65,6 +65,9 @@ class Overseer:
         self.next_id = first_order_id
         self.refused: Counter[str] = Counter()
         self.sent = 0
+        # For the persistence log: a timing record each time an account update is taken in,
+        # so a replay knows which updates the Overseer had before each of its decisions.
+        self.record_applies = record_applies and timing is not None
 
     def account(self, venue: int) -> VenueAccount:
         return self.accounts.setdefault(venue, VenueAccount())
@@ -141,12 +144,22 @@ class Overseer:
         self.sent += 1
 
     # -- account updates from the gateway ------------------------------------------------
-    def on_account(self, raw: bytes) -> None:
+    def on_account(self, raw: bytes, seq: int = 0) -> None:
+        """Take in one account update (`seq`: its number on the accounts queue)."""
+        self._apply(raw)
+        if self.record_applies:
+            self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KINDS["account_update"],
+                                                   int.from_bytes(raw[:8], "little"), tsc(), seq))
+
+    def _apply(self, raw: bytes) -> None:
         (_origin, _pub, client_order_id, _venue_id, venue, kind, side, price, qty, leaves,
          _rx) = ACCOUNT.unpack(raw)
         kind = bytes([kind])
         if kind == b"D":
             self._venue_down(venue)
+            return
+        if kind == b"U":
+            self.account(venue).connected = True
             return
         order = self.orders.get(client_order_id)
         if order is None:

@@ -104,7 +104,7 @@ def _steps(engine, role: str, timing):
         def overseer_step() -> int:
             done = 0
             while (account := engine.account_updates.poll_bytes()) is not None:
-                engine.overseer.on_account(account)
+                engine.overseer.on_account(account, engine.account_updates.seq - 1)
                 done += 1
             return done + engine.overseer.poll()
         return overseer_step

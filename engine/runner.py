@@ -15,11 +15,12 @@ import select
 import signal
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from engine.book import Books
 from engine.clock import calibrate
 from engine.gateway import STRATEGIES, OrderGateway, Session
+from engine.logger import LoggerProcess
 from engine.md_handler import MarketDataHandler
 from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST, TIMING
 from engine.models import MODELS
@@ -50,6 +51,7 @@ class EngineConfig:
     cpus: list[int] | None = None                        # processes mode: pin round robin
     timing: bool = True                                  # publish every stage to the timing queue
     telemetry: str | None = None
+    logger: str | None = None                            # persistence log: a logger process records every queue
     duration_s: float | None = None
     max_orders: int | None = None
     venues: list[VenueConfig] = field(default_factory=list)
@@ -78,13 +80,18 @@ def parse_config(text: str) -> EngineConfig:
         name=engine.get("name", "wirelab-engine"), strategy=engine.get("strategy", "none"),
         telemetry=engine.get("telemetry"), duration_s=engine.get("duration_s"),
         max_orders=engine.get("max_orders"), mode=engine.get("mode", "single"),
-        wait=engine.get("wait", "yield"), cpus=engine.get("cpus"), timing=engine.get("timing", True))
+        wait=engine.get("wait", "yield"), cpus=engine.get("cpus"), timing=engine.get("timing", True),
+        logger=engine.get("logger"))
     if config.mode not in ("single", "processes"):
         raise ConfigError(f"engine.mode: {config.mode!r} is not single or processes")
     if config.wait not in ("spin", "yield"):
         raise ConfigError(f"engine.wait: {config.wait!r} is not spin or yield")
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"engine.strategy: {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if config.logger is not None and (not isinstance(config.logger, str) or not config.logger):
+        raise ConfigError(f"engine.logger: expected a file path, got {config.logger!r}")
+    if config.logger and not config.timing:
+        raise ConfigError("engine.logger: needs engine.timing = true (replay orders its inputs by the timing records)")
     for i, v in enumerate(data.get("venues", [])):
         if "id" not in v:
             raise ConfigError(f"venues[{i}].id: missing")
@@ -126,7 +133,8 @@ class Engine:
         for slot, m in enumerate(config.models):
             params = {k: v for k, v in m.items() if k not in ("type", "venue", "instrument")}
             self.models.append(MODELS[m["type"]](slot + 1, m["venue"], m["instrument"], slot, **params))
-        self.overseer = Overseer(self.ideal, range(len(self.models)), orders_q.producer(), timing, config.risk)
+        self.overseer = Overseer(self.ideal, range(len(self.models)), orders_q.producer(), timing, config.risk,
+                                 record_applies=bool(config.logger))
         self.account_updates = accounts_q.consumer()
         self.telemetry = TelemetryRecorder()
         self.gateway = OrderGateway([Session(v.id, *v.gateway, account=v.account) for v in config.venues],
@@ -164,10 +172,21 @@ class Engine:
                 model.on_update(update, self.ideal, self.timing)
         self.overseer.poll()
         while (account := self.account_updates.poll_bytes()) is not None:
-            self.overseer.on_account(account)
+            self.overseer.on_account(account, self.account_updates.seq - 1)
         self.gateway.poll()
 
     def run(self) -> dict:
+        if not self.config.logger:
+            return self._run()
+        logger = LoggerProcess(self.config.name, self.config.logger, config_record(self.config))
+        try:
+            summary = self._run()
+        finally:
+            prefix = len(self.config.name) + 1
+            logged = logger.stop({q.name[prefix:]: q.head() for q in self.queues}, self.calibration)
+        return {**summary, "logger": logged}
+
+    def _run(self) -> dict:
         self.calibration = calibrate(duration_s=0.1, samples=200)
         if self.config.mode == "processes":
             from engine.processes import run_processes
@@ -223,6 +242,13 @@ class Engine:
         self.close()
 
 
+def config_record(config: EngineConfig) -> dict:
+    """The config as JSON-able data, for the persistence log (replay builds its actors from it)."""
+    record = asdict(config)
+    record["ticks"] = [[venue, instrument, tick] for (venue, instrument), tick in config.ticks.items()]
+    return record
+
+
 def main(argv=None) -> int:
     import argparse
     import sys
@@ -234,7 +260,7 @@ def main(argv=None) -> int:
             config = parse_config(f.read().decode("utf-8"))
         with Engine(config) as engine:
             print(json.dumps(engine.run(), indent=2))
-    except (OSError, ConfigError, UnicodeDecodeError, QueueError) as exc:
+    except (OSError, ConfigError, UnicodeDecodeError, QueueError) as exc:   # LoggerError is an OSError
         print(f"engine: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -22,6 +22,7 @@ COMMANDS = {
     "measure": "measure",
     "timekeeper": "timekeeper",
     "engine": "engine",
+    "replay": "replay",
 }
 
 

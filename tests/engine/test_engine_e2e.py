@@ -167,13 +167,16 @@ def test_engine_trades_every_lopsided_update_and_records_causal_telemetry(tmp_pa
 def test_engine_reconnects_after_the_venue_drops_it(tmp_path):
     venue = MiniVenue(drop_first_connection_after=5)
     venue.start()
-    sends = [datagram(seq, 900, 100) for seq in range(1, 21)]
+    sends = [datagram(seq, 900, 100) for seq in range(1, 101)]
     summary, _ = run_engine(tmp_path, venue, "tcp-prefix", sends, f"e2e-reconnect-{os.getpid()}")
     venue.stop = True
     venue.join(timeout=5)
     assert venue.connections == 2
     assert summary["gateway"]["disconnects"] == 1 and summary["gateway"]["connects"] == 2
     assert not summary["venue_failed"]
+    # trading resumed on the new connection: orders after the drop reached the venue
+    assert len(venue.orders) > 5 + 50
+    assert summary["orders"] == len(venue.orders)          # every order sent arrived
 
 
 def test_timekeeper_attaches_to_a_running_engine_and_reports_stages(tmp_path):
