@@ -8,6 +8,12 @@ Strategies (DESIGN.md):
   completes the primed order as a *void* order (side 0, qty 0), which the venue
   discards; `voided` counts them.
 
+Order entry is binary (engine.protocol.orders) or FIX 4.2 (engine.protocol.fix, fixed
+width, `orders = "fix"` per venue). A FIX session primes the NewOrderSingle's first
+133 bytes (header, Account, ClOrdID, HandlInst, OrdType up to `59=`); its MsgSeqNum and
+SendingTime are fixed when it is primed. The fixed FIX layouts have no cancel request,
+so FIX sessions carry IOC orders; a cancel for a FIX venue is counted and dropped.
+
 Every send() is stamped by the kernel (TX, MSG_ERRQUEUE, keyed by stream
 offset). The gateway owns the wire's client order ids (a prefix needs its id
 before the Overseer has decided anything) and maps them to the Overseer's.
@@ -22,7 +28,9 @@ from dataclasses import dataclass, field
 from engine.clock import tsc
 from engine.messages import ACCOUNT_UPDATE, ORDER_REQUEST, struct_of
 from engine.net import recv_stamped, tcp_connect, tx_stamps
+from engine.protocol import fix
 from engine.protocol import orders as wire
+from engine.protocol.errors import ProtocolError
 from engine.telemetry import TelemetryRecorder
 
 REQUEST = struct_of(ORDER_REQUEST)
@@ -34,6 +42,9 @@ FILL = struct_of(wire.FILL)
 REJECT = struct_of(wire.REJECT)
 PREFIX = wire.NEW_ORDER_PREFIX_BYTES
 STRATEGIES = ("none", "tcp-prefix")
+ORDER_FORMATS = ("binary", "fix")
+FIX_PREFIX = fix.NEW_ORDER_SINGLE_PREFIX_BYTES
+FIX_EXEC_KINDS = {"0": "A", "1": "F", "2": "F", "4": "X", "8": "R"}   # ExecType -> account update
 
 
 @dataclass
@@ -43,6 +54,9 @@ class Session:
     host: str
     port: int
     account: int = 1
+    orders: str = "binary"                     # order entry: binary or fix
+    sender: str = "WIRELAB1"                   # FIX CompIDs (8 characters)
+    target: str = "VENUE001"
     sock: socket.socket | None = None
     sent: int = 0                              # bytes sent on this connection
     primed: int | None = None                  # wire id whose prefix is on the wire
@@ -51,6 +65,8 @@ class Session:
     prefix_tx_ns: dict = field(default_factory=dict)  # wire id -> kernel TX stamp of its prefix
     prefix_end: dict = field(default_factory=dict)    # stream end offset of a prefix -> wire id
     inbox: bytearray = field(default_factory=bytearray)
+    fix_seq: int = 1                           # next FIX MsgSeqNum
+    primed_fix: tuple[int, int] | None = None  # (MsgSeqNum, SendingTime ns) of the primed FIX order
     retry_at: float = 0.0
     retries: int = 0
 
@@ -80,7 +96,7 @@ class OrderGateway:
             return False
         if self.on_connect is not None:
             self.on_connect(session)
-        session.sent, session.primed, session.inbox = 0, None, bytearray()
+        session.sent, session.primed, session.inbox, session.fix_seq = 0, None, bytearray(), 1
         session.retries = 0
         self.counts["connects"] += 1
         self.accounts.publish(ACCOUNT.pack(0, tsc(), 0, 0, session.venue, ord("U"), 0, 0, 0, 0, 0))
@@ -147,22 +163,30 @@ class OrderGateway:
             self.counts["requests for a venue that is down"] += 1
             return
         if kind == ord("C"):
+            if session.orders == "fix":
+                self.counts["cancels not possible over FIX"] += 1
+                return
             self._cancel(session, client_id, md_seq, target)
             return
         wire_id = session.primed if session.primed is not None else self._new_wire_id(session)
         session.to_overseer[wire_id] = (client_id, False, 0)
-        flags = wire.FLAG_PREFIX_EARLY if session.primed is not None else 0
-        message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, flags, session.account, wire_id,
-                                 md_seq, instrument, side, tif, price, qty)
-        data = message[PREFIX:] if session.primed is not None else message
+        if session.orders == "fix":
+            message = self._fix_order(session, wire_id, md_seq, instrument, side, tif, price, qty)
+            prefix = FIX_PREFIX
+        else:
+            flags = wire.FLAG_PREFIX_EARLY if session.primed is not None else 0
+            message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, flags, session.account, wire_id,
+                                     md_seq, instrument, side, tif, price, qty)
+            prefix = PREFIX
+        data = message[prefix:] if session.primed is not None else message
         app_out = tsc()
         if not self._send(session, data):
             return
         prefix_ns = session.prefix_tx_ns.pop(wire_id, 0)
         self.telemetry.record(venue, session.sent - 1, (
             md_seq, venue, wire_id, kernel_rx, origin, decided, app_out, 0, prefix_ns, len(data),
-            wire.NEW_ORDER_SIZE - len(data)))
-        session.primed = None
+            len(message) - len(data)))
+        session.primed = session.primed_fix = None
         self.counts["orders"] += 1
         self._prime(session)
 
@@ -187,12 +211,28 @@ class OrderGateway:
             self.counts["cancels"] += 1
             self._prime(session)
 
+    def _fix_order(self, session: Session, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
+        """A fixed-width NewOrderSingle; the primed one's MsgSeqNum and SendingTime if primed."""
+        if session.primed_fix is not None:
+            seq_num, sending_time = session.primed_fix
+        else:
+            seq_num, sending_time = session.fix_seq, time.time_ns()
+            session.fix_seq += 1
+        return fix.NewOrderSingle(session.sender, session.target, seq_num, sending_time, session.account, wire_id,
+                                  md_seq, f"{instrument:08d}", side or 1, qty, price, time.time_ns(),
+                                  tif).encode()
+
     def _prime(self, session: Session) -> None:
         if self.strategy != "tcp-prefix" or session.sock is None:
             return
         wire_id = self._new_wire_id(session)
-        prefix = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
-                                session.account, wire_id, 0, 0, 0, 0, 0, 0)[:PREFIX]
+        if session.orders == "fix":
+            session.primed_fix = (session.fix_seq, time.time_ns())
+            session.fix_seq += 1
+            prefix = self._fix_order(session, wire_id, 0, 0, 1, wire.IOC, 0, 0)[:FIX_PREFIX]
+        else:
+            prefix = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
+                                    session.account, wire_id, 0, 0, 0, 0, 0, 0)[:PREFIX]
         if self._send(session, prefix):
             session.primed = wire_id
             session.prefix_end[session.sent - 1] = wire_id
@@ -229,7 +269,10 @@ class OrderGateway:
             self._disconnected(session)
             return
         session.inbox += data
-        self._parse(session, rx_ns or 0)
+        if session.orders == "fix":
+            self._parse_fix(session, rx_ns or 0)
+        else:
+            self._parse(session, rx_ns or 0)
 
     def _drain_stamps(self, session: Session) -> None:
         for end_offset, ns in tx_stamps(session.sock):
@@ -252,6 +295,29 @@ class OrderGateway:
             self._on_venue_message(session, kind, bytes(inbox[at:at + length]), rx_ns)
             at += length
         del inbox[:at]
+
+    def _parse_fix(self, session: Session, rx_ns: int) -> None:
+        frames = fix.frame_fix_stream(bytes(session.inbox))
+        now = tsc()
+        for offset, length in zip(frames.offset.tolist(), frames.length.tolist()):
+            try:
+                report = fix.decode_fix(bytes(session.inbox[offset:offset + length]))
+            except ProtocolError:
+                self.counts["malformed venue messages"] += 1
+                continue
+            if not isinstance(report, fix.ExecutionReport):
+                self.counts["unexpected venue messages"] += 1
+                continue
+            oid = session.to_overseer.get(report.client_order_id, (0, False, 0))[0]
+            kind = FIX_EXEC_KINDS[report.exec_type]
+            self.counts["rejects"] += kind == "R"
+            self._account(now, oid, report.order_id, session.venue, kind, report.side, report.last_price,
+                          report.last_qty, report.leaves_qty, rx_ns)
+        if frames.error:
+            self.counts["malformed venue messages"] += 1
+            self._disconnected(session)
+            return
+        del session.inbox[:frames.consumed]
 
     def _on_venue_message(self, session: Session, kind: int, message: bytes, rx_ns: int) -> None:
         now = tsc()

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from engine.book import Books
 from engine.clock import calibrate
-from engine.gateway import STRATEGIES, OrderGateway, Session
+from engine.gateway import ORDER_FORMATS, STRATEGIES, OrderGateway, Session
 from engine.logger import LoggerProcess
 from engine.md_handler import MarketDataHandler
 from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST, TIMING
@@ -40,6 +40,7 @@ class VenueConfig:
     feed: tuple[str, int]
     gateway: tuple[str, int]
     account: int = 1
+    orders: str = "binary"                               # binary or fix
 
 
 @dataclass
@@ -95,8 +96,11 @@ def parse_config(text: str) -> EngineConfig:
     for i, v in enumerate(data.get("venues", [])):
         if "id" not in v:
             raise ConfigError(f"venues[{i}].id: missing")
+        if v.get("orders", "binary") not in ORDER_FORMATS:
+            raise ConfigError(f"venues[{i}].orders: {v.get('orders')!r} is not one of {', '.join(ORDER_FORMATS)}")
         config.venues.append(VenueConfig(v["id"], _address(v.get("feed"), f"venues[{i}].feed"),
-                                         _address(v.get("gateway"), f"venues[{i}].gateway"), v.get("account", 1)))
+                                         _address(v.get("gateway"), f"venues[{i}].gateway"), v.get("account", 1),
+                                         v.get("orders", "binary")))
     if not config.venues:
         raise ConfigError("venues: at least one [[venues]] is needed")
     for i, inst in enumerate(data.get("instruments", [])):
@@ -137,7 +141,8 @@ class Engine:
                                  record_applies=bool(config.logger))
         self.account_updates = accounts_q.consumer()
         self.telemetry = TelemetryRecorder()
-        self.gateway = OrderGateway([Session(v.id, *v.gateway, account=v.account) for v in config.venues],
+        self.gateway = OrderGateway([Session(v.id, *v.gateway, account=v.account, orders=v.orders)
+                                     for v in config.venues],
                                     orders_q.consumer(), accounts_q.producer(), self.telemetry, config.strategy)
         self.timing = timing
         self.calibration = None

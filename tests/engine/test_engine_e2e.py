@@ -87,7 +87,7 @@ def datagram(seq, bid_qty, ask_qty, venue=1, instrument=7):
         md.L2Update(md.BID, md.SET, bid, bid_qty), md.L2Update(md.ASK, md.SET, ask, ask_qty))).encode()
 
 
-def run_engine(tmp_path, venue, strategy, sends, name, mode="single"):
+def run_engine(tmp_path, venue, strategy, sends, name, mode="single", venue_options=""):
     feed = free_port(socket.SOCK_DGRAM)
     tel = tmp_path / "run.tel"
     config = tmp_path / "engine.toml"
@@ -102,6 +102,7 @@ mode = "{mode}"
 id = 1
 feed = "127.0.0.1:{feed}"
 gateway = "127.0.0.1:{venue.port}"
+{venue_options}
 [[instruments]]
 venue = 1
 id = 7
@@ -260,3 +261,55 @@ def test_bad_engine_config_is_one_line_exit_2(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "engine.strategy" in result.stderr
+
+
+class FixVenue(MiniVenue):
+    """Reads FIX NewOrderSingles with simplefix (an independent parser); replies New + Fill."""
+
+    def serve(self, conn):
+        import simplefix
+        from engine.protocol import fix
+        parser = simplefix.FixParser()
+        conn.settimeout(0.2)
+        seq = 1
+        while not self.stop:
+            try:
+                data = conn.recv(4096)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            self.chunks.append(len(data))
+            parser.append_buffer(data)
+            while (msg := parser.get_message()) is not None:
+                assert msg.get(35) == b"D"
+                oid, trigger = int(msg.get(11)), int(msg.get(9001))
+                side, qty, price = int(msg.get(54)), int(msg.get(38)), int(msg.get(44).replace(b".", b""))
+                self.orders.append((trigger, 0, side, price, qty))
+                replies = []
+                for exec_type, last_qty, leaves in (("0", 0, qty), ("2", qty, 0)):
+                    replies.append(fix.ExecutionReport(
+                        "VENUE001", "WIRELAB1", seq, time.time_ns(), oid, oid, seq, exec_type, exec_type,
+                        msg.get(55).decode(), side, qty, last_qty, price, leaves, qty - leaves, price,
+                        time.time_ns()).encode())
+                    seq += 1
+                conn.sendall(b"".join(replies))
+        conn.close()
+
+
+@pytest.mark.parametrize("strategy", ["none", "tcp-prefix"])
+def test_engine_speaks_fix_42(tmp_path, strategy):
+    from engine.protocol import fix
+    venue = FixVenue()
+    venue.start()
+    sends = [datagram(seq, 900, 100) for seq in range(1, 31)]
+    summary, tel = run_engine(tmp_path, venue, strategy, sends, f"e2e-fix-{strategy}-{os.getpid()}",
+                              venue_options='orders = "fix"')
+    venue.stop = True
+    venue.join(timeout=5)
+    assert [t for t, *_ in venue.orders] == list(range(1, 31))
+    assert summary["positions"] == {"1": {"7": 30}}                 # the fills came back and counted
+    orders, _, _ = read_telemetry(tel)
+    sent_at_decision = fix.NEW_ORDER_SINGLE_SIZE - (fix.NEW_ORDER_SINGLE_PREFIX_BYTES if strategy == "tcp-prefix" else 0)
+    assert (orders["order_bytes"] == sent_at_decision).all()
+    assert (orders["kernel_tx_ns"] > 0).all()
