@@ -8,7 +8,9 @@
 - TCP receive: SO_TIMESTAMPING RX stamps on stream data (the stamp of the
   segment that completed the read).
 
-Every stamp is integer nanoseconds of CLOCK_REALTIME, as the kernel gives it.
+Every stamp is integer nanoseconds of CLOCK_REALTIME, as the kernel gives it. The
+kernel switches software stamping on asynchronously when the first socket asks for it,
+so a packet in the first moments after that may arrive without a stamp (None).
 """
 from __future__ import annotations
 

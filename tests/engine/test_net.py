@@ -10,10 +10,23 @@ def wait_readable(sock, timeout=2.0):
     assert select.select([sock], [], [], timeout)[0], "nothing arrived"
 
 
+def warm_up(rx, tx):
+    """The kernel turns RX stamping on asynchronously: wait until a datagram comes stamped."""
+    deadline = time.time() + 2
+    while time.time() < deadline:
+        tx.sendto(b"warm-up", rx.getsockname())
+        wait_readable(rx)
+        if recv_stamped(rx)[1] is not None:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the kernel never stamped a datagram")
+
+
 def test_udp_datagrams_carry_kernel_rx_stamps():
     rx = udp_receiver()
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        warm_up(rx, tx)
         stamps = []
         for i in range(20):
             before = time.time_ns()
