@@ -70,7 +70,10 @@ class Overseer:
         self.record_applies = record_applies and timing is not None
 
     def account(self, venue: int) -> VenueAccount:
-        return self.accounts.setdefault(venue, VenueAccount())
+        account = self.accounts.get(venue)
+        if account is None:
+            account = self.accounts[venue] = VenueAccount()
+        return account
 
     # -- ideal orders -> requests ----------------------------------------------------------
     def poll(self) -> int:

@@ -98,9 +98,11 @@ class _Segment:
         self._pin = ctypes.c_char.from_buffer(self.buf)
         self.base = ctypes.addressof(self._pin)
         self.head_address = self.base + HEAD_OFFSET
+        self.slots = self.base + HEADER_BYTES       # slot i is at slots + (i & mask) * stride
+        self.mask = capacity - 1
 
     def slot_address(self, index: int) -> int:
-        return self.base + HEADER_BYTES + (index & (self.capacity - 1)) * self.stride
+        return self.slots + (index & self.mask) * self.stride
 
     def close(self):
         """Detach; the creator also removes the segment."""
@@ -149,15 +151,18 @@ class Producer:
     def publish(self, payload) -> int:
         """Write one message (bytes, or a record of the queue's dtype). Returns its sequence number."""
         q = self.queue
-        data = payload if isinstance(payload, (bytes, bytearray, memoryview)) else np.asarray(payload, q.dtype).tobytes()
-        if len(data) != q.payload_size:
-            raise ValueError(f"message is {len(data)} bytes; the queue's dtype is {q.payload_size}")
+        if type(payload) is not bytes:
+            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) \
+                else np.asarray(payload, q.dtype).tobytes()
+        if len(payload) != q.payload_size:
+            raise ValueError(f"message is {len(payload)} bytes; the queue's dtype is {q.payload_size}")
         if self.shared:
             seq = _native.fetch_add(q.head_address, 1)
         else:
             seq = self.seq
             self.seq += 1
-        if not _native.seqlock_write(q.slot_address(seq), seq // q.capacity, bytes(data)):
+        # the slot address is inlined: this is the hot path of every actor
+        if not _native.seqlock_write(q.slots + (seq & q.mask) * q.stride, seq // q.capacity, payload):
             self.lapped += 1
         if not self.shared:
             _native.store_release(q.head_address, self.seq)
@@ -174,7 +179,8 @@ class Consumer:
     def poll_bytes(self) -> bytes | None:
         """The next message's bytes, or None when there is none yet."""
         q = self.queue
-        got = _native.seqlock_read(q.slot_address(self.seq), 2 * (self.seq // q.capacity) + 2, q.payload_size)
+        seq = self.seq
+        got = _native.seqlock_read(q.slots + (seq & q.mask) * q.stride, 2 * (seq // q.capacity) + 2, q.payload_size)
         if type(got) is bytes:
             self.seq += 1
             return got
