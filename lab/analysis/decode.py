@@ -1,11 +1,9 @@
 """Columnar decode of captured packets: link layer, IPv4, TCP and UDP headers.
 
 A PacketBatch goes in; a PacketTable (one numpy column per field, one row per
-packet) comes out. Headers are described as data (numpy structured dtypes) and
-read for all packets at once with window gathers, one pass per link type: there
-is no loop over packets. Every gather is guarded by caplen; a packet that is
-not IPv4, is cut short, or is an IP fragment is flagged in `status`, never
-trusted.
+packet) comes out, filled by one pass of the C kernel lab/analysis/_kernels.c
+(see there why it is C). Every read is guarded by caplen; a packet that is not
+IPv4, is cut short, or is an IP fragment is flagged in `status`, never trusted.
 
 Link types: Ethernet (1, with up to two 802.1Q/802.1ad tags), Linux cooked
 SLL (113) and SLL2 (276), raw IP (101, version checked) and raw IPv4 (228), and
@@ -17,7 +15,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from lab.analysis.gather import gather_fields
+from engine.protocol import md as md_format
+from lab.analysis import _kernels
 
 # --- status of a decoded row ------------------------------------------------
 OK = 0                    # IPv4 headers decoded (payload may still be cut short: see payload_caplen)
@@ -38,71 +37,21 @@ STATUS_NAMES = {
 
 PROTO_TCP = 6
 PROTO_UDP = 17
-ETHERTYPE_IPV4 = 0x0800
-VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad (QinQ outer), legacy QinQ
 
 # TCP flag bits (tcp_flags column)
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 
-def _header(itemsize: int, **fields_at: tuple[str, int]) -> np.dtype:
-    """A structured dtype from name=(format, offset); fields may overlap (unions)."""
-    names = list(fields_at)
-    return np.dtype({
-        "names": names,
-        "formats": [fields_at[n][0] for n in names],
-        "offsets": [fields_at[n][1] for n in names],
-        "itemsize": itemsize,
-    })
-
-
-# --- link layers ------------------------------------------------------------
-@dataclass(frozen=True)
-class LinkLayer:
-    """How to find the IPv4 header behind one link type."""
-    name: str
-    header: int                     # bytes before the network layer (Ethernet: untagged)
-    type_format: str | None         # numpy format of the field naming the network protocol
-    type_offset: int = 0
-    ipv4_types: tuple[int, ...] = ()  # values of that field that mean IPv4
-
-
-LINK_LAYERS: dict[int, LinkLayer] = {
-    1: LinkLayer("ethernet", 14, ">u2", 12, (ETHERTYPE_IPV4,)),
-    113: LinkLayer("linux-sll", 16, ">u2", 14, (ETHERTYPE_IPV4,)),
-    276: LinkLayer("linux-sll2", 20, ">u2", 0, (ETHERTYPE_IPV4,)),
-    101: LinkLayer("raw", 0, None),          # raw IP: the version nibble says v4 or v6
-    228: LinkLayer("ipv4", 0, None),
-    # BSD loopback: AF_INET (2) as a 4-byte word in the byte order of the host that wrote it.
-    0: LinkLayer("null", 4, "<u4", 0, (2, 2 << 24)),
+# Link types the kernel (lab/analysis/_kernels.c) reads: number -> (name, bytes before IPv4,
+# where the network protocol is named). Ethernet may add up to two 4-byte VLAN tags.
+LINK_LAYERS: dict[int, tuple[str, int, str]] = {
+    1: ("ethernet", 14, "EtherType 0x0800 at 12 (behind 802.1Q/802.1ad/0x9100 tags: at 16, 20)"),
+    113: ("linux-sll", 16, "protocol 0x0800 at 14"),
+    276: ("linux-sll2", 20, "protocol 0x0800 at 0"),
+    101: ("raw", 0, "IP version nibble 4"),
+    228: ("ipv4", 0, "IP version nibble 4"),
+    0: ("null", 4, "AF_INET (2) as a 4-byte word in either byte order"),
 }
-
-# --- IPv4 and the transport header behind a 20-byte IPv4 header -------------
-IPV4_HEADER = 20
-TCP_HEADER = 20
-UDP_HEADER = 8
-IPV4_FIELDS = {
-    "ver_ihl": ("u1", 0), "total_len": (">u2", 2), "frag": (">u2", 6), "proto": ("u1", 9),
-    "src": (">u4", 12), "dst": (">u4", 16),
-}
-L4_FIELDS = {  # TCP; UDP shares the ports (and its length sits where TCP's seq starts)
-    "sport": (">u2", 0), "dport": (">u2", 2), "seq": (">u4", 4), "ack": (">u4", 8), "off_flags": (">u2", 12),
-}
-IPV4_L4 = _header(IPV4_HEADER + TCP_HEADER, **IPV4_FIELDS,
-                  **{name: (fmt, IPV4_HEADER + at) for name, (fmt, at) in L4_FIELDS.items()})
-L4 = _header(TCP_HEADER, **L4_FIELDS)
-ETHERNET_TAGS = _header(22, type1=(">u2", 16), type2=(">u2", 20))  # EtherTypes behind 1 and 2 tags
-
-
-def _window(layer: LinkLayer) -> np.dtype:
-    """The link header, the IPv4 header and a TCP header, as one record at the packet's start."""
-    shifted = {name: (fmt, layer.header + at) for name, (fmt, at) in IPV4_L4.fields.items()}
-    link = {"link_type": (layer.type_format, layer.type_offset)} if layer.type_format else {}
-    return _header(layer.header + IPV4_L4.itemsize, **link,
-                   **{name: (fmt.str, at) for name, (fmt, at) in shifted.items()})
-
-
-WINDOWS = {number: _window(layer) for number, layer in LINK_LAYERS.items()}
 
 
 @dataclass
@@ -143,219 +92,64 @@ class PacketTable:
 
     def status_counts(self) -> dict[str, int]:
         """Packets per problem (OK rows are not counted)."""
-        counts = np.bincount(self.status, minlength=len(STATUS_NAMES))
+        counts = np.bincount(self.status[self.status != OK], minlength=len(STATUS_NAMES))
         return {STATUS_NAMES[code]: int(count) for code, count in enumerate(counts)
                 if count and code != OK}
 
 
-# Columns decode() fills per link-type group, with their dtypes.
-_GROUP_COLUMNS = {
-    "status": np.uint8, "l3_offset": np.int64, "vlan_tags": np.uint8, "ip_len": np.uint16,
-    "src_ip": np.uint32, "dst_ip": np.uint32, "proto": np.uint8, "src_port": np.uint16,
-    "dst_port": np.uint16, "tcp_seq": np.uint32, "tcp_ack": np.uint32, "tcp_flags": np.uint16,
-    "payload_offset": np.int64, "payload_len": np.int32, "payload_caplen": np.int32,
+# Columns the kernel fills, in the order lab/analysis/_kernels.c takes them, with their dtypes.
+_KERNEL_COLUMNS = {
+    "linktype": np.uint16, "status": np.uint8, "l3_offset": np.int64, "vlan_tags": np.uint8,
+    "ip_len": np.uint16, "src_ip": np.uint32, "dst_ip": np.uint32, "proto": np.uint8,
+    "src_port": np.uint16, "dst_port": np.uint16, "tcp_seq": np.uint32, "tcp_ack": np.uint32,
+    "tcp_flags": np.uint16, "payload_offset": np.int64, "payload_len": np.int32, "payload_caplen": np.int32,
 }
 
-
-def linktypes_of(interface: np.ndarray, linktypes) -> tuple[np.ndarray, np.ndarray]:
-    """(each packet's link type, the distinct link types present). Unknown interface -> 0xFFFF."""
-    table = np.asarray(list(linktypes) + [0xFFFF], dtype=np.uint16)
-    if interface.size and interface.min() == interface.max():
-        number = table[min(int(interface[0]), table.size - 1)]
-        return np.full(interface.size, number, np.uint16), np.array([number], np.uint16)
-    linktype = table[np.minimum(interface.astype(np.int64), table.size - 1)]
-    return linktype, np.unique(linktype)
-
-
-# Packets decoded per step: small enough that one step's header windows stay in the
-# CPU cache while a dozen columns are read out of them (measured ~1.5x faster than
-# whole-batch passes on a 2M-packet batch).
-CHUNK = 16384
+# The WM market-data header fields that tell a datagram from other UDP (engine.protocol.md):
+# the kernel checks magic, version and type, at least the best bid and ask, and the length
+# field equal to both the entry counts and the UDP payload (engine.protocol.md.valid_md_headers).
+_MD = md_format.HEADER
+assert [_MD.offset(name) for name in ("magic", "version", "msg_type")] == [0, 2, 3]
+MD_LAYOUT = (
+    int.from_bytes(md_format.MAGIC + bytes([md_format.VERSION, md_format.MSG_TYPE_MD]), "little"),
+    _MD.offset("length"), _MD.offset("seq"), _MD.offset("n_updates"), _MD.offset("n_trades"),
+    max(_MD.offset(name) + size for name, size in (("length", 2), ("seq", 8), ("n_updates", 2), ("n_trades", 2))),
+    md_format.HEADER_SIZE, md_format.UPDATE_SIZE, md_format.TRADE_SIZE,
+)
 
 
-def decode(batch, linktypes) -> PacketTable:
-    """Decode every packet of `batch`. `linktypes[i]` is interface i's link type."""
+class Workspace:
+    """Output columns reused from batch to batch: decode() then writes into memory that is
+    already mapped instead of faulting in ~60 fresh bytes per packet each batch. A table
+    decoded into a workspace is valid until the next decode() into it."""
+
+    def __init__(self):
+        self.columns: dict[str, np.ndarray] = {}
+
+    def take(self, n: int) -> dict[str, np.ndarray]:
+        if not self.columns or self.columns["status"].size < n:
+            self.columns = {name: np.empty(n, dtype) for name, dtype in _KERNEL_COLUMNS.items()}
+            self.columns["md_seq"] = np.empty(n, np.int64)
+        return {name: column[:n] for name, column in self.columns.items()}
+
+
+def decode(batch, linktypes, md_seq: bool = False, workspace: Workspace | None = None):
+    """Decode every packet of `batch`. `linktypes[i]` is interface i's link type.
+
+    With md_seq=True returns (PacketTable, md_seq): md_seq is the seq of each
+    packet whose UDP payload is a valid WM market-data datagram, else -1, read
+    in the same pass.
+    """
     n = len(batch)
-    start = np.asarray(batch.offset, dtype=np.int64)
-    caplen = np.asarray(batch.caplen, dtype=np.int64)
-    linktype, numbers = linktypes_of(np.asarray(batch.interface), linktypes)
-    columns = {name: np.zeros(n, dtype) for name, dtype in _GROUP_COLUMNS.items()}
-    for number in numbers:
-        if int(number) not in LINK_LAYERS:
-            columns["status"][linktype == number] = UNSUPPORTED_LINKTYPE
-            continue
-        if numbers.size == 1:                      # write straight into the columns
-            for first in range(0, n, CHUNK):
-                part = slice(first, first + CHUNK)
-                _decode_chunk(int(number), batch.data, start[part], caplen[part],
-                              {name: column[part] for name, column in columns.items()})
-            continue
-        rows = np.flatnonzero(linktype == number)
-        for first in range(0, rows.size, CHUNK):
-            where = rows[first:first + CHUNK]
-            out = {name: np.zeros(where.size, dtype) for name, dtype in _GROUP_COLUMNS.items()}
-            _decode_chunk(int(number), batch.data, start[where], caplen[where], out)
-            for name, values in out.items():
-                columns[name][where] = values
-    return PacketTable(ts_ns=batch.ts_ns, interface=batch.interface, direction=batch.direction,
-                       caplen=batch.caplen, wire_len=batch.wire_len, linktype=linktype, **columns)
-
-
-def _decode_chunk(number: int, data: np.ndarray, start: np.ndarray, caplen: np.ndarray, out: dict) -> None:
-    """Fill `out` (zeroed columns) for packets of one link type.
-
-    The fast path takes the usual packet (untagged, IPv4 without options, not a
-    fragment, TCP or UDP, headers all captured) with a handful of whole-array
-    operations; every other packet goes through _decode_group, which checks
-    each header in turn.
-    """
-    layer = LINK_LAYERS[number]
-    head = gather_fields(data, start, WINDOWS[number])
-    if number == 1:
-        fast = head["link_type"] == ETHERTYPE_IPV4
-    elif layer.type_format is None:
-        fast = np.ones(start.size, bool)        # version checked with the IHL below
-    else:
-        fast = np.isin(head["link_type"], layer.ipv4_types)
-    proto = out["proto"]
-    proto[:] = head["proto"]
-    is_tcp = proto == PROTO_TCP
-    off_flags = head["off_flags"].astype(np.uint16)
-    tcp_header = (off_flags >> 12).astype(np.int32) << 2
-    l4_header = np.where(is_tcp, tcp_header, UDP_HEADER)
-    payload_rel = (layer.header + IPV4_HEADER) + l4_header
-    ip_len = out["ip_len"]
-    ip_len[:] = head["total_len"]
-    payload_len = out["payload_len"]
-    np.subtract(ip_len, IPV4_HEADER + l4_header, out=payload_len, casting="unsafe")
-    fast &= head["ver_ihl"] == 0x45
-    fast &= (head["frag"] & 0x3FFF) == 0
-    fast &= (proto == PROTO_UDP) | (is_tcp & (tcp_header >= TCP_HEADER))
-    fast &= payload_len >= 0
-    fast &= caplen >= payload_rel
-    tcp = fast & is_tcp
-    out["l3_offset"][:] = layer.header
-    out["src_ip"][:] = head["src"]
-    out["dst_ip"][:] = head["dst"]
-    out["src_port"][:] = head["sport"]
-    out["dst_port"][:] = head["dport"]
-    np.multiply(head["seq"], tcp, out=out["tcp_seq"], casting="unsafe")
-    np.multiply(head["ack"], tcp, out=out["tcp_ack"], casting="unsafe")
-    np.multiply(off_flags & 0x1FF, tcp, out=out["tcp_flags"], casting="unsafe")
-    np.add(start, payload_rel, out=out["payload_offset"])
-    np.minimum(caplen - payload_rel, payload_len, out=out["payload_caplen"], casting="unsafe")
-    slow = np.flatnonzero(~fast)
-    if slow.size:
-        for name, values in _decode_group(number, data, start[slow], caplen[slow]).items():
-            out[name][slow] = values
-
-
-def _decode_group(number: int, data: np.ndarray, start: np.ndarray, caplen: np.ndarray) -> dict:
-    """All columns for packets of one link type, every header checked in turn.
-
-    Packets behind VLAN tags or with IP options get a second gather at their
-    own offsets.
-    """
-    layer = LINK_LAYERS[number]
-    n = start.size
-    head = gather_fields(data, start, WINDOWS[number])
-    l3 = np.full(n, layer.header, np.int64)
-    tags = np.zeros(n, np.uint8)
-
-    # Link layer: is it IPv4, and where does the IPv4 header start?
-    if number == 1:
-        ethertype = head["link_type"].astype(np.int32)
-        tagged = np.flatnonzero(np.isin(ethertype, VLAN_ETHERTYPES))
-        if tagged.size:
-            inner = gather_fields(data, start[tagged], ETHERNET_TAGS)
-            tags[tagged] = 1
-            type1 = inner["type1"].astype(np.int32)
-            double = np.isin(type1, VLAN_ETHERTYPES)
-            tags[tagged[double]] = 2
-            ethertype[tagged] = np.where(double, inner["type2"], type1)
-            l3[tagged] += 4 * tags[tagged].astype(np.int64)
-            moved = gather_fields(data, start[tagged] + l3[tagged], IPV4_L4)
-            for name in IPV4_L4.names:
-                head[name][tagged] = moved[name]
-        is_ipv4 = ethertype == ETHERTYPE_IPV4
-    elif layer.type_format is None:         # raw IP: IPv4 by its version nibble
-        is_ipv4 = (head["ver_ihl"] >> 4) == 4
-    else:
-        is_ipv4 = np.isin(head["link_type"], layer.ipv4_types)
-    status = np.where(is_ipv4, OK, NOT_IPV4).astype(np.uint8)
-    status[caplen < np.maximum(l3, 1)] = TRUNCATED     # the link header itself is cut
-
-    # IPv4
-    ver_ihl = head["ver_ihl"]
-    ihl = (ver_ihl & 0x0F).astype(np.int64) << 2
-    total_len = head["total_len"].astype(np.int64)
-    proto = head["proto"]
-    room = caplen - l3                                 # captured bytes from the IPv4 header on
-    bad = ((ver_ihl >> 4) != 4) | (ihl < IPV4_HEADER) | (total_len < ihl)
-    ok = status == OK
-    status[ok & (room < IPV4_HEADER)] = TRUNCATED
-    ok = status == OK
-    status[ok & bad] = BAD_IPV4
-    ok = status == OK
-    status[ok & (room < ihl)] = TRUNCATED
-    ok = status == OK
-    # More Fragments set, or a fragment offset: the L4 header is not (all) here.
-    status[ok & ((head["frag"] & 0x3FFF) != 0)] = IP_FRAGMENT
-
-    # TCP / UDP
-    is_tcp = proto == PROTO_TCP
-    is_udp = proto == PROTO_UDP
-    l4 = l3 + ihl
-    ok = status == OK
-    status[ok & is_tcp & (caplen < l4 + TCP_HEADER)] = TRUNCATED
-    status[ok & is_udp & (caplen < l4 + UDP_HEADER)] = TRUNCATED
-    ok = status == OK
-    options = np.flatnonzero(ok & (ihl != IPV4_HEADER) & (is_tcp | is_udp))
-    if options.size:
-        moved = gather_fields(data, start[options] + l4[options], L4)
-        for name in L4.names:
-            head[name][options] = moved[name]
-    off_flags = head["off_flags"].astype(np.uint16)
-    tcp_header = (off_flags >> 12).astype(np.int64) << 2
-    tcp = ok & is_tcp
-    status[tcp & (tcp_header < TCP_HEADER)] = BAD_IPV4
-    tcp &= tcp_header >= TCP_HEADER
-    status[tcp & (caplen < l4 + tcp_header)] = TRUNCATED   # TCP options cut
-    ok = status == OK
-    tcp &= ok
-    udp = ok & is_udp
-    payload = l4 + np.where(tcp, tcp_header, np.where(udp, UDP_HEADER, 0))
-    payload_len = total_len - (payload - l3)
-    status[ok & (payload_len < 0)] = BAD_IPV4
-    ok = status == OK
-    tcp &= ok
-    transport = tcp | (ok & is_udp)
-    payload_len = np.where(ok, payload_len, 0)
-
-    known = ok | (status == IP_FRAGMENT)
-    columns = {
-        "status": status,
-        "l3_offset": l3,
-        "vlan_tags": tags,
-        "ip_len": total_len.astype(np.uint16),
-        "src_ip": head["src"].astype(np.uint32),
-        "dst_ip": head["dst"].astype(np.uint32),
-        "proto": proto.copy(),
-        "src_port": head["sport"].astype(np.uint16),
-        "dst_port": head["dport"].astype(np.uint16),
-        "tcp_seq": head["seq"].astype(np.uint32),
-        "tcp_ack": head["ack"].astype(np.uint32),
-        "tcp_flags": off_flags & 0x1FF,
-        "payload_offset": np.where(ok, start + payload, 0),
-        "payload_len": payload_len.astype(np.int32),
-        "payload_caplen": np.clip(caplen - payload, 0, payload_len).astype(np.int32),
-    }
-    unknown = np.flatnonzero(~known)
-    for name in ("ip_len", "src_ip", "dst_ip", "proto"):
-        columns[name][unknown] = 0
-    not_transport = np.flatnonzero(~transport)
-    for name in ("src_port", "dst_port"):
-        columns[name][not_transport] = 0
-    for name in ("tcp_seq", "tcp_ack", "tcp_flags"):
-        columns[name] = np.where(tcp, columns[name], 0).astype(columns[name].dtype)
-    return columns
+    columns = (workspace or Workspace()).take(n)
+    seq = columns.pop("md_seq")
+    if not md_seq:
+        seq = None
+    numbers = np.asarray(list(linktypes), dtype=np.int64)
+    table = np.where((numbers >= 0) & (numbers < 0xFFFF), numbers, 0xFFFF).astype(np.uint16)
+    _kernels.decode(batch.data, np.ascontiguousarray(batch.offset, np.int64),
+                   np.ascontiguousarray(batch.caplen, np.uint32), np.ascontiguousarray(batch.interface, np.uint16),
+                   table, tuple(columns.values()), seq, MD_LAYOUT)
+    result = PacketTable(ts_ns=batch.ts_ns, interface=batch.interface, direction=batch.direction,
+                         caplen=batch.caplen, wire_len=batch.wire_len, **columns)
+    return (result, seq) if md_seq else result

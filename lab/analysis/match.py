@@ -68,13 +68,28 @@ class Matches:
         return int(self.duplicate_orders.size + self.duplicate_md.size)
 
 
-def _stable_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(argsort(kind="stable"), the keys in that order), with no sort or copy when the keys
-    are already in order (a feed's seqs, a capture's stamps)."""
+def _stable_order(keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(argsort(kind="stable"), the keys in that order); the order is None, with no sort or
+    copy, when the keys are already in order (a feed's seqs, a capture's stamps)."""
     if keys.size < 2 or bool((keys[1:] >= keys[:-1]).all()):
-        return np.arange(keys.size), keys
+        return None, keys
     order = np.argsort(keys, kind="stable")
     return order, keys[order]
+
+
+def _index(order: np.ndarray | None, positions: np.ndarray) -> np.ndarray:
+    """Rows at these positions of a _stable_order order."""
+    return positions if order is None else order[positions]
+
+
+def _take(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """values put in a _stable_order order."""
+    return values if order is None else values[order]
+
+
+def _rows(order: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+    """Rows where mask (over the positions of a _stable_order order) is set."""
+    return np.flatnonzero(mask) if order is None else order[mask]
 
 
 def _firsts(sorted_keys: np.ndarray) -> np.ndarray:
@@ -82,6 +97,27 @@ def _firsts(sorted_keys: np.ndarray) -> np.ndarray:
     first = np.ones(sorted_keys.size, bool)
     first[1:] = sorted_keys[1:] != sorted_keys[:-1]
     return first
+
+
+def _ascending(rows: np.ndarray) -> np.ndarray:
+    """rows sorted, without a sort when they already are (the usual case)."""
+    return _stable_order(rows)[1]
+
+
+def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Index of each query in sorted, distinct keys, or -1.
+
+    A feed's seqs are usually consecutive: then the index is the query minus the
+    first key, with no search.
+    """
+    if sorted_keys.size == 0:
+        return np.full(queries.size, -1, np.int64)
+    low = int(sorted_keys[0])
+    if int(sorted_keys[-1]) - low + 1 == sorted_keys.size:
+        slot = queries - low
+        return np.where((queries >= low) & (slot < sorted_keys.size), slot, -1)
+    slot = np.minimum(np.searchsorted(sorted_keys, queries), sorted_keys.size - 1)
+    return np.where(sorted_keys[slot] == queries, slot, -1)
 
 
 def by_trigger(md_seq: np.ndarray, md_time: np.ndarray, order_trigger: np.ndarray,
@@ -92,44 +128,50 @@ def by_trigger(md_seq: np.ndarray, md_time: np.ndarray, order_trigger: np.ndarra
     row or order with a negative seq (unknown) matches nothing.
     """
     md_order, sorted_seq = _stable_order(md_seq)                   # by seq, then capture order
-    md_first = _firsts(sorted_seq) | (sorted_seq < 0)              # an unknown seq is no duplicate
-    canonical = md_order[md_first]                                 # first arrival per seq
-    duplicate_md = np.sort(md_order[~md_first], kind="stable")
-    canonical_seq = sorted_seq[md_first]
+    md_first = _firsts(sorted_seq) & (sorted_seq >= 0)             # an unknown seq is no duplicate
+    if md_first.all():                                             # the usual case: every seq once
+        canonical, canonical_seq, duplicate_md = md_order, sorted_seq, np.zeros(0, np.int64)
+    else:
+        duplicate_md = _ascending(_rows(md_order, ~md_first & (sorted_seq >= 0)))
+        canonical = _rows(md_order, md_first)                     # first arrival per known seq
+        canonical_seq = sorted_seq[md_first]
 
     by_time, _ = _stable_order(order_time)
-    trigger = order_trigger[by_time]
-    slot = np.minimum(np.searchsorted(canonical_seq, trigger), max(canonical_seq.size - 1, 0))
-    found = (trigger >= 0) & (canonical_seq[slot] == trigger) if canonical_seq.size \
-        else np.zeros(trigger.size, bool)
-    unmatched_orders = np.sort(by_time[~found], kind="stable")
-    found_rows = by_time[found]
+    trigger = _take(order_trigger, by_time)
+    slot = _find(canonical_seq, trigger)
+    found = slot >= 0
+    unmatched_orders = _ascending(_rows(by_time, ~found))
+    found_rows = _rows(by_time, found)
     found_slot = slot[found]
     # the first order (in time) for each MD wins; a stable sort by slot keeps time order inside
-    regroup = np.argsort(found_slot, kind="stable")
-    first = _firsts(found_slot[regroup])
-    winners, winner_slot = found_rows[regroup][first], found_slot[regroup][first]
-    duplicate_orders = np.sort(found_rows[regroup][~first], kind="stable")
-    taken = np.zeros(canonical.size, bool)
+    regroup, regrouped_slot = _stable_order(found_slot)
+    regrouped_rows = _take(found_rows, regroup)
+    first = _firsts(regrouped_slot)
+    winners, winner_slot = regrouped_rows[first], regrouped_slot[first]
+    duplicate_orders = _ascending(regrouped_rows[~first])
+    taken = np.zeros(canonical_seq.size, bool)
     taken[winner_slot] = True
-    md_rows = canonical[winner_slot]
-    in_time = np.argsort(md_time[md_rows], kind="stable")
-    return Matches(md=md_rows[in_time], order=winners[in_time],
-                   unmatched_md=np.sort(canonical[~taken], kind="stable"), unmatched_orders=unmatched_orders,
-                   duplicate_orders=duplicate_orders, duplicate_md=duplicate_md)
+    unknown = _rows(md_order, sorted_seq < 0)                      # unknown seqs: never matched
+    md_rows = _index(canonical, winner_slot)
+    in_time, _ = _stable_order(md_time[md_rows])
+    unmatched_md = _rows(canonical, ~taken)
+    return Matches(md=_take(md_rows, in_time), order=_take(winners, in_time),
+                   unmatched_md=_ascending(np.concatenate([unmatched_md, unknown]) if unknown.size
+                                           else unmatched_md),
+                   unmatched_orders=unmatched_orders, duplicate_orders=duplicate_orders, duplicate_md=duplicate_md)
 
 
 def nearest(md_time: np.ndarray, order_time: np.ndarray) -> Matches:
     """Each order to the last MD strictly before it; per MD the first such order wins."""
     md_by_time, times = _stable_order(md_time)
-    by_time, _ = _stable_order(order_time)
-    slot = np.searchsorted(times, order_time[by_time], side="left") - 1    # strictly before
+    by_time, order_times = _stable_order(order_time)
+    slot = np.searchsorted(times, order_times, side="left") - 1    # strictly before
     found = slot >= 0
-    unmatched_orders = np.sort(by_time[~found], kind="stable")
-    found_rows, found_slot = by_time[found], slot[found]
+    unmatched_orders = np.sort(_rows(by_time, ~found), kind="stable")
+    found_rows, found_slot = _rows(by_time, found), slot[found]
     first = _firsts(found_slot)                     # orders are in time order, so slots are sorted
     taken = np.zeros(md_time.size, bool)
     taken[found_slot[first]] = True
-    return Matches(md=md_by_time[found_slot[first]], order=found_rows[first],
-                   unmatched_md=np.sort(md_by_time[~taken], kind="stable"), unmatched_orders=unmatched_orders,
+    return Matches(md=_index(md_by_time, found_slot[first]), order=found_rows[first],
+                   unmatched_md=np.sort(_rows(md_by_time, ~taken), kind="stable"), unmatched_orders=unmatched_orders,
                    duplicate_orders=np.sort(found_rows[~first], kind="stable"), duplicate_md=np.zeros(0, np.int64))

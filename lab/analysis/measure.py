@@ -27,17 +27,18 @@ a prefix put on the wire early does not make it belong to an earlier MD.
 from __future__ import annotations
 
 import ipaddress
+import queue
+import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from engine.protocol import md as md_format
 from engine.protocol import orders as order_format
 from engine.protocol.fix import TRIGGER_SEQ_TAG, fix_tag_values, frame_fix_stream
 from lab.analysis import convention
-from lab.analysis.decode import OK, PROTO_TCP, PROTO_UDP, SYN, decode
-from lab.analysis.gather import gather_fields, gather_ragged
+from lab.analysis.decode import OK, PROTO_TCP, PROTO_UDP, SYN, Workspace, decode
+from lab.analysis.gather import gather_ragged
 from lab.analysis.match import FIX_TAG, NEAREST, TRIGGER, Matches, MatchMode, by_trigger, nearest
 from lab.analysis.reassembly import Segments, reassemble
 from lab.capture import NO_TIMESTAMP, open_capture
@@ -80,7 +81,7 @@ class MeasureOptions:
     match: MatchMode = field(default_factory=lambda: MatchMode(TRIGGER))
     md_flow: Endpoint | None = None      # only UDP to here is MD (and any datagram there counts)
     order_flow: Endpoint | None = None   # only TCP to here carries orders
-    batch_packets: int = 1 << 20
+    batch_packets: int = 1 << 18        # ~46 MB of a typical capture per batch; three are mapped at once
     progress: Callable[[int], None] | None = None   # called with the bytes read so far
 
 
@@ -106,8 +107,9 @@ def measure(path, options: MeasureOptions | None = None) -> Measurement:
     convention.check(options.convention, options.line_rate_bps)
     collector = _Collector(options)
     with open_capture(path) as capture:
-        for batch in capture.batches(options.batch_packets):
+        for batch in read_ahead(capture.batches(options.batch_packets, release=False)):
             collector.add(batch, [interface.linktype for interface in capture.interfaces])
+            capture.release_before(int(batch.offset[-1]))
             if options.progress:
                 options.progress(capture.position)
         md = collector.md_table()
@@ -124,6 +126,48 @@ def measure(path, options: MeasureOptions | None = None) -> Measurement:
             tcp=tcp, damage=list(capture.damage), non_monotonic=capture.non_monotonic)
 
 
+def read_ahead(batches: Iterator) -> Iterator:
+    """The batches, walked one ahead in a thread.
+
+    The C walk and the C decode release the GIL, so with two cores the walk of
+    the next batch overlaps the decode of this one. The walk's exceptions come
+    out here; leaving the loop early stops the walk.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def walk() -> None:
+        try:
+            for batch in batches:
+                if not offer(batch):
+                    return
+        except Exception as exc:          # handed to the consumer, raised there
+            offer(exc)
+        finally:
+            offer(done)
+
+    walker = threading.Thread(target=walk, name="lab-measure-walk", daemon=True)
+    walker.start()
+    try:
+        while (item := handoff.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        walker.join()
+
+
 class _Collector:
     """What the measurement keeps from each batch."""
 
@@ -135,9 +179,10 @@ class _Collector:
         self._tcp: list[dict] = []
         self._payload: list[np.ndarray] = []
         self._payload_bytes = 0
+        self._workspace = Workspace()
 
     def add(self, batch, linktypes) -> None:
-        table = decode(batch, linktypes)
+        table, md_seq = decode(batch, linktypes, md_seq=True, workspace=self._workspace)
         for reason, count in table.status_counts().items():
             self.undecoded[reason] = self.undecoded.get(reason, 0) + count
         stamped = table.ts_ns != NO_TIMESTAMP
@@ -145,7 +190,7 @@ class _Collector:
         if missing:
             self.undecoded["no timestamp"] = self.undecoded.get("no timestamp", 0) + missing
         usable = (table.status == OK) & stamped
-        self._add_md(table, batch.data, np.flatnonzero(usable & (table.proto == PROTO_UDP)))
+        self._add_md(table, md_seq, usable)
         tcp = usable & (table.proto == PROTO_TCP) & (table.direction != convention.INBOUND)
         tcp &= (table.payload_caplen > 0) | ((table.tcp_flags & SYN) != 0)
         if self.options.order_flow:
@@ -153,15 +198,14 @@ class _Collector:
         self._add_segments(table, batch.data, np.flatnonzero(tcp))
         self.packets += len(table)
 
-    def _add_md(self, table, data, rows) -> None:
-        seq = md_seq(data, table.payload_offset[rows], table.payload_len[rows], table.payload_caplen[rows])
+    def _add_md(self, table, md_seq, usable) -> None:
         flow = self.options.md_flow
-        if flow:
-            keep = (table.dst_ip[rows] == flow.ip) & (table.dst_port[rows] == flow.port)
-        else:
-            keep = seq >= 0
-        rows, seq = rows[keep], seq[keep]
-        self._md.append({"seq": seq, "t_md_ns": self._first_bit(table, rows, inbound=True),
+        if flow:       # any datagram to the MD flow counts, with or without a WM header
+            rows = np.flatnonzero(usable & (table.proto == PROTO_UDP) & (table.dst_ip == flow.ip)
+                                  & (table.dst_port == flow.port))
+        else:          # md_seq >= 0 only on decoded UDP with a valid WM header
+            rows = np.flatnonzero(usable & (md_seq >= 0))
+        self._md.append({"seq": md_seq[rows], "t_md_ns": self._first_bit(table, rows, inbound=True),
                          "packet": rows + self.packets})
 
     def _first_bit(self, table, rows, inbound: bool) -> np.ndarray:
@@ -212,38 +256,6 @@ class _Collector:
         return segments, info
 
 
-# The MD header fields that tell a WM datagram from other UDP.
-_MD_HEADER = md_format.HEADER
-MD_PROBE = np.dtype({
-    "names": ["signature", "length", "seq", "n_updates", "n_trades"],
-    "formats": ["<u4", "<u2", "<u8", "<u2", "<u2"],
-    "offsets": [_MD_HEADER.offset(name) for name in ("magic", "length", "seq", "n_updates", "n_trades")],
-    "itemsize": _MD_HEADER.offset("n_trades") + 2})
-assert [_MD_HEADER.offset(name) for name in ("magic", "version", "msg_type")] == [0, 2, 3]
-MD_SIGNATURE = int.from_bytes(md_format.MAGIC + bytes([md_format.VERSION, md_format.MSG_TYPE_MD]), "little")
-
-
-def md_seq(data: np.ndarray, payload_offset: np.ndarray, payload_len: np.ndarray,
-           payload_caplen: np.ndarray) -> np.ndarray:
-    """The seq of each UDP payload that is a WM market-data datagram, else -1.
-
-    The checks of engine.protocol.md.valid_md_headers: magic, version, type,
-    at least the best bid and ask, and the length field equal to both the entry
-    counts and the UDP payload.
-    """
-    seq = np.full(payload_offset.size, -1, np.int64)
-    rows = np.flatnonzero(payload_caplen >= MD_PROBE.itemsize)
-    probe = gather_fields(data, payload_offset[rows], MD_PROBE)
-    length = probe["length"].astype(np.int32)
-    n_updates = probe["n_updates"].astype(np.int32)
-    valid = probe["signature"] == MD_SIGNATURE
-    valid &= length == payload_len[rows]
-    valid &= md_format.md_length(n_updates, probe["n_trades"].astype(np.int32)) == length
-    valid &= n_updates >= 2
-    seq[rows[valid]] = probe["seq"][valid].astype(np.int64)
-    return seq
-
-
 def _concat(parts: list[dict], dtypes: dict) -> dict[str, np.ndarray]:
     return {name: np.concatenate([np.zeros(0, dtype)] + [part[name] for part in parts]).astype(dtype, copy=False)
             for name, dtype in dtypes.items()}
@@ -273,20 +285,20 @@ def _orders(segments: Segments, info: dict, options: MeasureOptions) -> tuple[di
         parts.append({"flow": np.full(int(new.sum()), flow, np.int64), "offset": frames.offset[new],
                       "length": frames.length[new], "trigger_seq": trigger})
     rows = _concat(parts, {"flow": np.int64, "offset": np.int64, "length": np.int64, "trigger_seq": np.int64})
-    spans = streams.spans(rows["flow"], rows["offset"], rows["length"])
     first_bit = info["first_bit_ns"]
-    completing = streams.span_reduce(spans, np.arange(len(segments)), np.maximum)
+    last_bit = (first_bit + convention.wire_time_ns(info["frame_len"], options.line_rate_bps)
+                if options.line_rate_bps else None)
+    first, completing, last = streams.span_times(rows["flow"], rows["offset"], rows["length"], first_bit, last_bit)
     orders = {
         "trigger_seq": rows["trigger_seq"],
-        "order_first_bit_ns": streams.span_reduce(spans, first_bit, np.minimum),
+        "order_first_bit_ns": first,
         "order_last_frame_first_bit_ns": first_bit[completing],
         "flow": rows["flow"],
         "stream_offset": rows["offset"],
         "packet": info["packet"][completing],
     }
-    if options.line_rate_bps:
-        last_bit = first_bit + convention.wire_time_ns(info["frame_len"], options.line_rate_bps)
-        orders["order_last_byte_ns"] = streams.span_reduce(spans, last_bit, np.maximum)
+    if last is not None:
+        orders["order_last_byte_ns"] = last
     tcp = {
         "flows": flows,
         "segments": len(segments),
@@ -299,10 +311,8 @@ def _orders(segments: Segments, info: dict, options: MeasureOptions) -> tuple[di
 
 def _u64_at(stream: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Little-endian u64 at each offset (all inside the stream), as int64."""
-    if offsets.size == 0:
-        return np.zeros(0, np.int64)
-    words = np.lib.stride_tricks.sliding_window_view(stream, 8)[offsets]
-    return np.ascontiguousarray(words).view("<u8").reshape(-1).astype(np.int64)
+    words, _ = gather_ragged(stream, offsets, np.full(offsets.size, 8, np.int64))
+    return words.view("<i8")
 
 
 def _per_trigger(md: dict, orders: dict, matches: Matches, options: MeasureOptions) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lab.analysis._kernels import span_times
 from lab.analysis.gather import gather_ragged
 
 _WRAP = 1 << 32
@@ -75,27 +76,26 @@ class Streams:
         position = self.start[flow] + np.asarray(offset, dtype=np.int64)
         return self.piece_segment[np.searchsorted(self.piece_start, position, side="right") - 1]
 
-    def spans(self, flow: np.ndarray, offset: np.ndarray, length: np.ndarray) -> np.ndarray:
-        """Pieces that hold bytes [offset, offset + length) of each flow's stream (length >= 1),
-        as reduceat bounds for span_reduce()."""
-        position = self.start[flow] + np.asarray(offset, dtype=np.int64)
-        bounds = np.empty(2 * position.size, np.int64)
-        bounds[0::2] = np.searchsorted(self.piece_start, position, side="right") - 1
-        # one past the last piece; the sentinel row span_reduce() appends keeps it a valid index
-        bounds[1::2] = np.searchsorted(self.piece_start, position + np.asarray(length) - 1, side="right")
-        return bounds
+    def span_times(self, flow: np.ndarray, offset: np.ndarray, length: np.ndarray, first_bit: np.ndarray,
+                   last_bit: np.ndarray | None = None):
+        """For bytes [offset, offset + length) of each flow's stream (length >= 1), over the
+        segments that first delivered them: (min of first_bit, max segment index, max of
+        last_bit or None). first_bit/last_bit hold one value per segment.
 
-    def span_reduce(self, bounds: np.ndarray, per_segment: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
-        """ufunc.reduce of per_segment[s] over the segments s that first delivered each span's bytes.
-
-        E.g. np.minimum of first-bit times: when the first of those bytes went out;
-        np.maximum of segment indices (arrival order): the segment that completed the
-        span, which is the one carrying its last byte unless part arrived out of order.
+        The max segment index (arrival order) is the segment that completed the span: the
+        one carrying its last byte unless part of it arrived out of order.
         """
-        if bounds.size == 0:
-            return np.zeros(0, per_segment.dtype)
-        values = np.append(per_segment[self.piece_segment], per_segment[:1])
-        return ufunc.reduceat(values, bounds)[0::2]
+        position = self.start[flow] + np.asarray(offset, dtype=np.int64)
+        n = position.size
+        first_bit_min, segment_max = np.empty(n, np.int64), np.empty(n, np.int64)
+        last_bit_max = None if last_bit is None else np.empty(n, np.int64)
+        span_times(self.piece_start, _int64(self.piece_segment), _int64(position), _int64(length),
+                   _int64(first_bit), _int64(last_bit), first_bit_min, segment_max, last_bit_max)
+        return first_bit_min, segment_max, last_bit_max
+
+
+def _int64(values: np.ndarray | None) -> np.ndarray | None:
+    return None if values is None else np.ascontiguousarray(values, dtype=np.int64)
 
 
 def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:
@@ -111,9 +111,16 @@ def stream_positions(segments: Segments, flows: int) -> tuple[np.ndarray, np.nda
     Position 0 is the byte after the flow's SYN, or the lowest byte seen.
     """
     n = len(segments)
-    by_flow = np.argsort(segments.flow, kind="stable")     # arrival order kept within a flow
-    flow_sorted = segments.flow[by_flow]
-    seq = segments.seq[by_flow].astype(np.int64)
+    if n < 2 or bool((segments.flow[1:] >= segments.flow[:-1]).all()):   # one flow, or flows one after another
+        by_flow = None
+    else:
+        by_flow = np.argsort(segments.flow, kind="stable")  # arrival order kept within a flow
+
+    def in_flow_order(values: np.ndarray) -> np.ndarray:
+        return values if by_flow is None else values[by_flow]
+
+    flow_sorted = in_flow_order(segments.flow)
+    seq = in_flow_order(segments.seq).astype(np.int64)
     firsts = _group_starts(flow_sorted)
     step = np.empty(n, np.int64)
     step[0:1] = 0
@@ -122,15 +129,18 @@ def stream_positions(segments: Segments, flows: int) -> tuple[np.ndarray, np.nda
     unwrapped = np.cumsum(step)
     group = np.repeat(np.arange(firsts.size), np.diff(np.append(firsts, n)))
     unwrapped -= unwrapped[firsts][group]
-    syn = segments.syn[by_flow]
+    syn = in_flow_order(segments.syn)
     data_at = unwrapped + syn                                # a SYN's data starts after it
     big = np.iinfo(np.int64).max
-    has_data = segments.captured[by_flow] > 0
+    has_data = in_flow_order(segments.captured) > 0
     lowest_data = np.minimum.reduceat(np.where(has_data, data_at, big), firsts) if n else data_at[:0]
     lowest_syn = np.minimum.reduceat(np.where(syn, unwrapped + 1, big), firsts) if n else data_at[:0]
     base = np.where(lowest_syn != big, lowest_syn, lowest_data)
-    position = np.empty(n, np.int64)
-    position[by_flow] = data_at - base[group]
+    if by_flow is None:
+        position = data_at - base[group]
+    else:
+        position = np.empty(n, np.int64)
+        position[by_flow] = data_at - base[group]
     flow_ids = flow_sorted[firsts]
     base_per_flow = np.zeros(flows, np.int64)
     base_per_flow[flow_ids] = base

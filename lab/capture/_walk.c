@@ -78,6 +78,21 @@ static inline uint32_t rd32(const uint8_t *p, int swap)
     return swap ? __builtin_bswap32(v) : v;
 }
 
+/* The walk is a chain of dependent loads (each record's length says where the
+ * next one starts), so it waits on memory once per cache line it crosses. The
+ * records lie back to back, so the lines a fixed distance ahead are requested
+ * early. */
+#define PREFETCH_BYTES 2048
+static inline void prefetch_ahead(const uint8_t *p, const uint8_t **ahead, const uint8_t *end)
+{
+    if (*ahead < p)
+        *ahead = p; /* a long record took the walk past what was requested */
+    while (*ahead < end && *ahead - p < PREFETCH_BYTES) {
+        __builtin_prefetch(*ahead);
+        *ahead += 64;
+    }
+}
+
 static inline uint16_t rd16(const uint8_t *p, int swap)
 {
     uint16_t v;
@@ -217,6 +232,7 @@ static PyObject *walk_pcap(PyObject *self, PyObject *args)
     const int64_t frac_ns = nano ? 1 : 1000;
     enum stop stop;
 
+    const uint8_t *ahead = buf + off;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
         if (n == capacity) { stop = STOP_FULL; break; }
@@ -224,6 +240,7 @@ static PyObject *walk_pcap(PyObject *self, PyObject *args)
         if (left == 0) { stop = STOP_END; break; }
         if (left < 16) { stop = STOP_TRUNCATED_HEADER; break; }
         const uint8_t *p = buf + off;
+        prefetch_ahead(p, &ahead, buf + size);
         uint32_t caplen = rd32(p + 8, swap);
         if (caplen > MAX_PCAP_CAPLEN) { stop = STOP_CAPLEN_OVER_MAX; break; }
         if (caplen > snaplen) { stop = STOP_CAPLEN_OVER_SNAPLEN; break; }
@@ -286,6 +303,7 @@ static PyObject *walk_pcapng(PyObject *self, PyObject *args)
     Py_ssize_t n = start;
     enum stop stop;
 
+    const uint8_t *ahead = buf + off;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
         block_len = 0;
@@ -294,6 +312,7 @@ static PyObject *walk_pcapng(PyObject *self, PyObject *args)
         if (left == 0) { stop = STOP_END; break; }
         if (left < 12) { stop = STOP_TRUNCATED_HEADER; break; }
         const uint8_t *p = buf + off;
+        prefetch_ahead(p, &ahead, buf + size);
         uint32_t type = rd32(p, swap);
         if (type == PCAPNG_SHB) { stop = STOP_SECTION; break; } /* its byte order may differ */
         uint32_t len = rd32(p + 4, swap);

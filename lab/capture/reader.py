@@ -101,8 +101,13 @@ class Capture:
 
     # --- public -------------------------------------------------------------
 
-    def batches(self, max_packets: int = 1 << 20) -> Iterator[PacketBatch]:
-        """Walk the file from the start, yielding batches of at most max_packets packets."""
+    def batches(self, max_packets: int = 1 << 20, release: bool = True) -> Iterator[PacketBatch]:
+        """Walk the file from the start, yielding batches of at most max_packets packets.
+
+        release=False: the mapped pages behind the walk are not released as it goes; the
+        consumer calls release_before() when done with a batch (for a consumer that reads
+        batches behind the walk, e.g. in another thread).
+        """
         if max_packets < 1:
             raise ValueError("max_packets must be >= 1")
         if self._map is None:
@@ -115,7 +120,8 @@ class Capture:
         for batch in walk(max_packets):
             self._count_stamps(batch)
             yield batch
-            self._release_pages_before(int(batch.offset[-1]))
+            if release:
+                self.release_before(int(batch.offset[-1]))
 
     def read_all(self) -> PacketBatch:
         """Every packet in one batch (for small files)."""
@@ -280,20 +286,21 @@ class Capture:
         return PacketBatch(data=self._data, **keep)
 
     def _count_stamps(self, batch: PacketBatch) -> None:
-        stamps = batch.ts_ns[batch.ts_ns != NO_TIMESTAMP]
-        self.missing_ts += len(batch) - len(stamps)
+        missing = int(np.count_nonzero(batch.ts_ns == NO_TIMESTAMP))
+        stamps = batch.ts_ns[batch.ts_ns != NO_TIMESTAMP] if missing else batch.ts_ns   # no copy when all stamped
+        self.missing_ts += missing
         if len(stamps):
             self.non_monotonic += int(np.count_nonzero(stamps[1:] < stamps[:-1]))
             if self._last_ts is not None and stamps[0] < self._last_ts:
                 self.non_monotonic += 1
             self._last_ts = int(stamps[-1])
 
-    def _release_pages_before(self, offset: int) -> None:
+    def release_before(self, offset: int) -> None:
         """Drop mapped pages the walk has passed, so memory stays bounded on
         files larger than RAM. The mapping is read-only and file-backed: a later
         access to those bytes simply faults them in again."""
         end = offset - offset % mmap.PAGESIZE
-        if end > self._released and hasattr(mmap, "MADV_DONTNEED"):
+        if self._map is not None and end > self._released and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
             self._released = end
 

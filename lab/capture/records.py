@@ -69,3 +69,13 @@ class Damage:
     at_offset: int
     bytes_skipped: int
     records_skipped: int
+
+
+def skipped_report(damage: list[Damage]) -> dict:
+    """The JSON `skipped` object: how many bytes and records were skipped, and why."""
+    return {
+        "bytes": sum(d.bytes_skipped for d in damage),
+        "records": sum(d.records_skipped for d in damage),
+        "reasons": [{"reason": d.reason, "at_offset": d.at_offset, "bytes": d.bytes_skipped,
+                     "records": d.records_skipped} for d in damage],
+    }

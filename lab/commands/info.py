@@ -6,6 +6,7 @@ import json
 import numpy as np
 
 from lab.capture import LINKTYPE_NAMES, NO_TIMESTAMP, open_capture
+from lab.capture.records import skipped_report
 from lab.table import render
 
 
@@ -55,12 +56,7 @@ def summarize_capture(path) -> dict:
             "missing_ts": capture.missing_ts,
         }
         if capture.damage:
-            document["skipped"] = {
-                "bytes": sum(d.bytes_skipped for d in capture.damage),
-                "records": sum(d.records_skipped for d in capture.damage),
-                "reasons": [{"reason": d.reason, "at_offset": d.at_offset, "bytes": d.bytes_skipped,
-                             "records": d.records_skipped} for d in capture.damage],
-            }
+            document["skipped"] = skipped_report(capture.damage)
     return document
 
 

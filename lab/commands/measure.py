@@ -18,6 +18,7 @@ from lab.analysis.stats import (
     write_plot,
     write_table,
 )
+from lab.capture.records import skipped_report
 from lab.table import render
 from simulator.units import UnitError, format_rate, parse_rate
 
@@ -39,8 +40,9 @@ def register(sub):
     p = sub.add_parser(
         "measure", help="tick-to-trade per trigger from a pcap/pcapng capture",
         description="Decode a capture, reassemble the order flows, match each order to the market-data "
-                    "message that triggered it and report tick-to-trade: the first bit of the frame that "
-                    "completes the order at the tap minus t_MD, the MD frame's first bit at the tap.")
+                    "message that triggered it and report tick-to-trade: the order's first bit at the tap (the first frame "
+                    "carrying any of its bytes) minus t_MD, the MD frame's first bit at the tap. Each order's "
+                    "last-byte time (which sets its priority at the arbiter) is reported beside it.")
     p.add_argument("--pcap", required=True, metavar="FILE", help="pcap or pcapng capture")
     p.add_argument("--convention", choices=convention.CONVENTIONS, default=convention.HARDWARE,
                    help="hardware: every stamp is the frame's first bit (timing cards; default). "
@@ -161,12 +163,7 @@ def to_json(result: Measurement) -> dict:
         "non_monotonic": result.non_monotonic,
     }
     if result.damage:
-        document["skipped"] = {
-            "bytes": sum(d.bytes_skipped for d in result.damage),
-            "records": sum(d.records_skipped for d in result.damage),
-            "reasons": [{"reason": d.reason, "at_offset": d.at_offset, "bytes": d.bytes_skipped,
-                         "records": d.records_skipped} for d in result.damage],
-        }
+        document["skipped"] = skipped_report(result.damage)
     return document
 
 

@@ -212,3 +212,22 @@ def test_to_pandas_has_every_column():
     assert {"ts_ns", "interface", "direction", "caplen", "wire_len", "src_ip", "dst_ip", "src_port", "dst_port",
             "proto", "tcp_seq", "tcp_ack", "tcp_flags", "payload_offset", "payload_len"} <= set(frame.columns)
     assert frame["dst_port"][0] == 5000
+
+
+def test_rows_pointing_past_the_data_are_cut_there():
+    # a caplen running past the buffer, an offset past it: nothing is read outside the data
+    batch = batch_of([md_frame(1), md_frame(2), md_frame(3)])
+    batch.caplen[1] = 10**6
+    batch.offset[2] = batch.data.size + 100
+    table, seq = D.decode(batch, [1], md_seq=True)
+    assert table.status.tolist() == [D.OK, D.OK, D.TRUNCATED] and seq.tolist() == [1, 2, -1]
+    assert table.payload_caplen[1] == table.payload_len[1]      # the frame itself is whole in the buffer
+
+
+def test_workspace_is_reused_and_tables_stay_right():
+    workspace = D.Workspace()
+    first = D.decode(batch_of([md_frame(1)] * 3), [1], workspace=workspace)
+    assert first.status.tolist() == [D.OK] * 3
+    second = D.decode(batch_of([md_frame(1), b"\x00" * 10]), [1], workspace=workspace)
+    assert second.status.tolist() == [D.OK, D.TRUNCATED] and len(second) == 2
+    assert np.shares_memory(first.status, second.status)

@@ -36,6 +36,16 @@ def test_unknown_md_seq_is_neither_matched_nor_duplicate():
     assert m.unmatched_md.tolist() == [0, 1] and m.duplicate_md.size == 0 and m.unmatched_orders.tolist() == [0]
 
 
+@pytest.mark.parametrize("scale", [1, 10**6])   # dense seqs (a direct table) and sparse ones (a search)
+def test_by_trigger_finds_seqs_dense_or_sparse(scale):
+    md_seq = np.array([10, 11, 12, 13, 11]) * scale
+    trigger = np.array([12 * scale, 11 * scale, 99 * scale, 12 * scale, 10 * scale, -1, 14 * scale, 2**62])
+    order_time = np.array([350, 260, 500, 340, 150, 600, 700, 800])
+    m = by_trigger(md_seq, np.array([100, 200, 300, 400, 210]), trigger, order_time)
+    assert m.md.tolist() == [0, 1, 2] and m.order.tolist() == [4, 1, 3]
+    assert m.unmatched_orders.tolist() == [2, 5, 6, 7] and m.unmatched_md.tolist() == [3]
+
+
 def test_by_trigger_with_nothing():
     m = by_trigger(np.zeros(0, np.int64), np.zeros(0, np.int64), np.array([5]), np.array([1]))
     assert m.md.size == 0 and m.unmatched_orders.tolist() == [0]

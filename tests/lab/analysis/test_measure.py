@@ -1,7 +1,7 @@
 """The measurement pipeline on hand-built captures whose every time is derived here by hand."""
 import numpy as np
 import pytest
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import CookedLinux, Ether
 from wirecap import (
     FEED,
@@ -22,7 +22,8 @@ from engine.protocol.fix import NEW_ORDER_SINGLE_PREFIX_BYTES, NewOrderSingle
 from engine.protocol.orders import NEW_ORDER_PREFIX_BYTES as PREFIX
 from lab.analysis import convention
 from lab.analysis.match import parse_match
-from lab.analysis.measure import MeasureError, MeasureOptions, md_seq, measure, parse_endpoint
+from lab.analysis.decode import decode
+from lab.analysis.measure import MeasureError, MeasureOptions, measure, parse_endpoint
 
 GBPS10 = 10**10
 
@@ -196,10 +197,13 @@ def test_parse_endpoint():
 
 def test_md_seq_checks_the_header():
     good = md_payload(42)
-    frames = [good, good[:-1], b"WX" + good[2:], good[:4] + b"\x00\x01" + good[6:], good + b"\0"]
-    batch = batch_of(frames)
-    seq = md_seq(batch.data, batch.offset, np.array([len(f) for f in frames]), batch.caplen.astype(np.int64))
-    assert seq.tolist() == [42, -1, -1, -1, -1]
+    payloads = [good, good[:-1], b"WX" + good[2:], good[:4] + b"\x00\x01" + good[6:], good + b"\0",
+                good[:3] + b"\x02" + good[4:]]
+    frames = [bytes(Ether() / IP() / UDP() / p) for p in payloads] + [bytes(Ether() / IP() / TCP() / good)]
+    batch = batch_of(frames + [frames[0]])
+    batch.caplen[-1] = 14 + 20 + 8 + 23          # the header cut one byte short of n_trades
+    _, seq = decode(batch, [1], md_seq=True)
+    assert seq.tolist() == [42, -1, -1, -1, -1, -1, -1, -1]
 
 
 def test_unsupported_link_type_is_counted(tmp_path):

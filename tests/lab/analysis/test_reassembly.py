@@ -49,10 +49,13 @@ def test_out_of_order_fills_in_when_it_arrives():
     assert streams.stream(0).tobytes() == MESSAGE
     assert owners(streams, 0, 52) == [1] * 16 + [0] * 36
     # complete when its last missing byte arrived: segment 1, though segment 0 holds the last byte
-    arrival = np.arange(3)
-    spans = streams.spans(np.array([0, 0, 0]), np.array([0, 20, 16]), np.array([52, 10, 1]))
-    assert streams.span_reduce(spans, arrival, np.maximum).tolist() == [1, 0, 0]
-    assert streams.span_reduce(spans, arrival, np.minimum).tolist() == [0, 0, 0]
+    first_bit, last_bit = np.array([100, 200, 300]), np.array([110, 220, 330])
+    # spans out of position order too: the last one starts behind the one before it
+    first, completing, last = streams.span_times(np.array([0, 0, 0, 0]), np.array([0, 20, 16, 0]),
+                                                 np.array([52, 10, 1, 16]), first_bit, last_bit)
+    assert completing.tolist() == [1, 0, 0, 1]
+    assert first.tolist() == [100, 100, 100, 200] and last.tolist() == [220, 110, 110, 220]
+    assert streams.span_times(np.array([0]), np.array([3]), np.array([1]), first_bit)[2] is None
 
 
 def test_late_overlap_does_not_steal_bytes_that_arrived_earlier():
