@@ -4,7 +4,7 @@
 
 Latency: the producer stamps each message with rdtscp just before publishing;
 the consumer, spinning in another process, stamps it on receipt. Messages are
-paced (one every --gap-us) so each measures an idle hop, not a backlog.
+paced (a sleep of --gap-us between them) so each measures an idle hop, not a backlog.
 Throughput: one producer publishes as fast as it can; the consumer counts what
 it received (the seqlock queue never blocks its producer, so it also reports
 messages the consumer lost by being sped past).
@@ -35,9 +35,10 @@ def pad(raw: bytes) -> bytes:
     return raw + bytes(PAYLOAD - len(raw))
 
 
-def wait_until(deadline_tsc: int) -> None:
-    while tsc() < deadline_tsc:
-        pass
+def pause(gap_s: float) -> None:
+    """Sleep between paced messages: a busy-wait would hold the GIL and starve
+    multiprocessing.Queue's feeder thread, and take a core from the consumer."""
+    time.sleep(gap_s)
 
 
 # -- seqlock queue ------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def seqlock_throughput_consumer(name, n, out, ready):
     q.close()
 
 
-def bench_seqlock(n, gap_ticks, throughput_n):
+def bench_seqlock(n, gap_s, throughput_n):
     name = f"bench-{os.getpid()}"
     with Queue(name, MESSAGE, capacity=1 << 12) as q:
         p = q.producer()
@@ -81,7 +82,7 @@ def bench_seqlock(n, gap_ticks, throughput_n):
         proc.start()
         ready.wait()
         for i in range(n):
-            wait_until(tsc() + gap_ticks)
+            pause(gap_s)
             p.publish(pad(STAMP.pack(i, tsc())))
         deltas, missed = out.get(timeout=120)
         proc.join()
@@ -131,7 +132,7 @@ def drain_consumer(kind, chan, n, out, ready):
     out.put(n)
 
 
-def bench_mp(kind, n, gap_ticks, throughput_n):
+def bench_mp(kind, n, gap_s, throughput_n):
     out, ready = CTX.Queue(), CTX.Event()
     if kind == "queue":
         chan = CTX.Queue()
@@ -144,7 +145,7 @@ def bench_mp(kind, n, gap_ticks, throughput_n):
     proc.start()
     ready.wait()
     for i in range(n):
-        wait_until(tsc() + gap_ticks)
+        pause(gap_s)
         send(pad(STAMP.pack(i, tsc())))
     deltas = out.get(timeout=120)
     proc.join()
@@ -179,11 +180,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=20_000, help="latency samples per transport")
     ap.add_argument("--throughput-messages", type=int, default=1_000_000)
-    ap.add_argument("--gap-us", type=float, default=20.0)
+    ap.add_argument("--gap-us", type=float, default=200.0, help="pause between latency samples")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     hz = calibrate(duration_s=0.1, samples=200).frequency_hz
-    gap = int(args.gap_us * hz / 1e6)
+    gap = args.gap_us / 1e6
     results = {"seqlock": summarise(*bench_seqlock(args.messages, gap, args.throughput_messages), hz=hz)}
     for key, kind in (("mp_queue", "queue"), ("mp_pipe", "pipe")):
         results[key] = summarise(*bench_mp(kind, args.messages, gap, args.throughput_messages // 5), hz=hz)
