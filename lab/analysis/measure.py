@@ -42,6 +42,7 @@ from lab.analysis.gather import gather_ragged
 from lab.analysis.match import FIX_TAG, NEAREST, TRIGGER, Matches, MatchMode, by_trigger, nearest
 from lab.analysis.reassembly import Segments, reassemble
 from lab.capture import NO_TIMESTAMP, open_capture
+from lab.capture.trailers import restamp_from_trailers
 from lab.errors import LabError
 
 FIX_START = b"8=FIX"
@@ -81,6 +82,7 @@ class MeasureOptions:
     match: MatchMode = field(default_factory=lambda: MatchMode(TRIGGER))
     md_flow: Endpoint | None = None      # only UDP to here is MD (and any datagram there counts)
     order_flow: Endpoint | None = None   # only TCP to here carries orders
+    trailer: str | None = None           # "expcap" or "metamako": stamps from the timing card's trailer
     batch_packets: int = 1 << 18        # ~46 MB of a typical capture per batch; three are mapped at once
     progress: Callable[[int], None] | None = None   # called with the bytes read so far
 
@@ -105,13 +107,19 @@ class Measurement:
 def measure(path, options: MeasureOptions | None = None) -> Measurement:
     options = options or MeasureOptions()
     convention.check(options.convention, options.line_rate_bps)
+    if options.trailer and options.convention != convention.HARDWARE:
+        raise MeasureError("timing-card trailer stamps mark the frame's first bit: use --convention hardware")
     collector = _Collector(options)
     with open_capture(path) as capture:
         for batch in read_ahead(capture.batches(options.batch_packets, release=False)):
+            if options.trailer:
+                batch = restamp_from_trailers(batch, options.trailer)
             collector.add(batch, [interface.linktype for interface in capture.interfaces])
             capture.release_before(int(batch.offset[-1]))
             if options.progress:
                 options.progress(capture.position)
+        if options.trailer and "no timestamp" in collector.undecoded:   # the capture's own stamps are unused
+            collector.undecoded["no valid trailer"] = collector.undecoded.pop("no timestamp")
         md = collector.md_table()
         segments, segment_info = collector.segments()
         orders, tcp = _orders(segments, segment_info, options)

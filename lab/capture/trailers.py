@@ -22,6 +22,8 @@ valid=False and ts_ns=NO_TIMESTAMP.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from lab.capture.formats import NO_TIMESTAMP
@@ -88,3 +90,21 @@ def _tails(data: np.ndarray, end: np.ndarray, layout: np.dtype) -> np.ndarray:
         return np.zeros(len(end), layout)
     index = (end - layout.itemsize)[:, None] + np.arange(layout.itemsize)
     return np.ascontiguousarray(data[index]).view(layout).reshape(len(end))
+
+
+def trailer_bytes(kind: str) -> int:
+    """Bytes a trailer adds after the original frame (expcap: footer; metamako: the
+    original FCS it keeps plus its 12-byte tail)."""
+    return EXPCAP_FOOTER.itemsize if kind == "expcap" else METAMAKO_ORIGINAL_FCS_BYTES + METAMAKO_TAIL.itemsize
+
+
+def restamp_from_trailers(batch: PacketBatch, kind: str) -> PacketBatch:
+    """The batch with the timing card's stamps instead of the capture's, and the trailer
+    taken off caplen and wire_len so each frame is what crossed the wire. Frames without
+    a valid trailer get NO_TIMESTAMP."""
+    stamps = decode_trailers(batch, kind)
+    valid = stamps["valid"]
+    tail = trailer_bytes(kind)
+    return replace(batch, ts_ns=np.where(valid, stamps["ts_ns"], NO_TIMESTAMP),
+                   caplen=np.where(valid, batch.caplen - tail, batch.caplen).astype(batch.caplen.dtype),
+                   wire_len=np.where(valid, batch.wire_len - tail, batch.wire_len).astype(batch.wire_len.dtype))

@@ -44,6 +44,9 @@ def register(sub):
                     "carrying any of its bytes) minus t_MD, the MD frame's first bit at the tap. Each order's "
                     "last-byte time (which sets its priority at the arbiter) is reported beside it.")
     p.add_argument("--pcap", required=True, metavar="FILE", help="pcap or pcapng capture")
+    p.add_argument("--trailer", choices=("expcap", "metamako"),
+                   help="take each frame's stamp from a timing card's trailer (exact-capture's expcap "
+                        "footer or the Arista/Metamako trailer) instead of the capture's own")
     p.add_argument("--convention", choices=convention.CONVENTIONS, default=convention.HARDWARE,
                    help="hardware: every stamp is the frame's first bit (timing cards; default). "
                         "software: inbound frames stamped at their last bit, outbound at their first "
@@ -74,7 +77,7 @@ def run(args) -> int:
     if args.parquet:
         require_pyarrow(args.parquet)                 # before the long read, not after
     options = MeasureOptions(convention=args.convention, line_rate_bps=args.line_rate, match=args.match,
-                             md_flow=args.md_flow, order_flow=args.order_flow)
+                             md_flow=args.md_flow, order_flow=args.order_flow, trailer=args.trailer)
     with _ProgressBar(args.pcap) as progress:
         options.progress = progress
         result = measure(args.pcap, options)
@@ -148,6 +151,7 @@ def to_json(result: Measurement) -> dict:
         "unmatched_orders": int(matches.unmatched_orders.size),
         "duplicates": matches.duplicates,
         "convention": result.options.convention,
+        "timestamps": f"trailer:{result.options.trailer}" if result.options.trailer else "capture",
         "convention_note": _convention_text(result),
         "line_rate_bps": result.options.line_rate_bps,
         "match": str(result.options.match),
