@@ -162,9 +162,14 @@ def baseline(feed_port_box, venue_port, n, ready, out):
     hz = calibrate(duration_s=0.05, samples=100).frequency_hz
     ready.set()
     sent, rows = 0, []
+    tx.setblocking(False)
     while len(rows) < n:
         got = recv_stamped(rx)
         if got is None:
+            try:                  # read the venue's acks and fills while idle, or its sends would block
+                tx.recv(65536)
+            except BlockingIOError:
+                pass
             continue
         app_in = tsc()
         data, rx_ns = got
