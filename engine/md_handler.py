@@ -7,7 +7,6 @@ and dropped; they never stop the engine.
 """
 from __future__ import annotations
 
-import struct
 from collections import Counter
 
 from engine.book import BookError, Books

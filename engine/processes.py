@@ -86,28 +86,14 @@ def _actor(engine, role: str, stop, results, wait: str, cpu: int | None) -> None
 
 
 def _steps(engine, role: str, timing):
+    """The actor's share of Engine.step, publishing timing through this process's producer."""
+    engine.timing = engine.md.timing = engine.overseer.timing = timing
     if role == "md_handler":
-        engine.md.timing = timing
         return engine.md.poll
     if role == "trade_models":
-        def models_step() -> int:
-            done = 0
-            while (update := engine.md_updates.poll_bytes()) is not None:
-                for model in engine.models:
-                    model.on_update(update, engine.ideal, timing)
-                done += 1
-            return done
-        return models_step
+        return engine.run_models
     if role == "overseer":
-        engine.overseer.timing = timing
-
-        def overseer_step() -> int:
-            done = 0
-            while (account := engine.account_updates.poll_bytes()) is not None:
-                engine.overseer.on_account(account, engine.account_updates.seq - 1)
-                done += 1
-            return done + engine.overseer.poll()
-        return overseer_step
+        return engine.run_overseer
     gateway = engine.gateway
     gateway.connect_all()
 

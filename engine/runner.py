@@ -172,13 +172,26 @@ class Engine:
                 self.gateway.on_readable(reader, bool(events & select.EPOLLERR))
             elif reader is not None:
                 self.md.read(reader)
+        self.run_models()
+        self.run_overseer()
+        self.gateway.poll()
+
+    def run_models(self) -> int:
+        """Every waiting MarketUpdate through every trade model. Returns updates taken."""
+        done = 0
         while (update := self.md_updates.poll_bytes()) is not None:
             for model in self.models:
                 model.on_update(update, self.ideal, self.timing)
-        self.overseer.poll()
+            done += 1
+        return done
+
+    def run_overseer(self) -> int:
+        """The Overseer's pass: ideal orders first, then the account updates waiting."""
+        done = self.overseer.poll()
         while (account := self.account_updates.poll_bytes()) is not None:
             self.overseer.on_account(account, self.account_updates.seq - 1)
-        self.gateway.poll()
+            done += 1
+        return done
 
     def run(self) -> dict:
         if not self.config.logger:

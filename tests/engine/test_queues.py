@@ -61,7 +61,7 @@ def consume(name, expect, result, start):
 def test_no_torn_read_is_ever_accepted_and_sped_past_consumers_recover():
     name = unique("torn")
     total = 60_000
-    with Queue(name, MESSAGE, capacity=64) as q:            # small ring: consumers get sped past
+    with Queue(name, MESSAGE, capacity=64):                 # small ring: consumers get sped past
         start, result = CTX.Event(), CTX.Queue()
         consumers = [CTX.Process(target=consume, args=(name, total, result, start)) for _ in range(2)]
         producer = CTX.Process(target=produce, args=(name, total, 0, False, start))
