@@ -175,3 +175,66 @@ def nearest(md_time: np.ndarray, order_time: np.ndarray) -> Matches:
     return Matches(md=_index(md_by_time, found_slot[first]), order=found_rows[first],
                    unmatched_md=np.sort(_rows(md_by_time, ~taken), kind="stable"), unmatched_orders=unmatched_orders,
                    duplicate_orders=np.sort(found_rows[~first], kind="stable"), duplicate_md=np.zeros(0, np.int64))
+
+
+MD_COLUMNS = {"seq": np.int64, "t_md_ns": np.int64, "packet": np.int64}
+
+
+@dataclass
+class PartMatches:
+    """What one part of a capture settled: matched pairs and the misses (as rows of its inputs)."""
+    md: dict[str, np.ndarray]             # MD_COLUMNS of each matched trigger, in t_MD order
+    order: np.ndarray                     # rows of the part's orders, beside them
+    unmatched_md: dict[str, np.ndarray]   # MD no order pointed at, evicted from the window
+    duplicate_md: dict[str, np.ndarray]
+    unmatched_orders: np.ndarray          # rows of the part's orders
+    duplicate_orders: np.ndarray
+
+
+class MdWindow:
+    """MD messages that orders in later parts of a capture may still point at.
+
+    Each part's orders are matched (by_trigger or nearest) against the window plus
+    the part's MD. A message stays in the window until it is more than `window_ns`
+    older than the newest stamp seen; it is counted unmatched when it leaves
+    untaken. An order for a message already taken in an earlier part is a duplicate.
+    Read in one part, this is exactly by_trigger or nearest over the whole capture.
+    """
+
+    def __init__(self, mode: MatchMode, window_ns: int):
+        self.mode, self.window_ns = mode, window_ns
+        self.kept = {name: np.zeros(0, dtype) for name, dtype in MD_COLUMNS.items()}
+        self.taken = np.zeros(0, bool)
+
+    def __len__(self) -> int:
+        return self.taken.size
+
+    def match(self, md: dict[str, np.ndarray], order_trigger: np.ndarray, order_first_bit: np.ndarray,
+              order_time: np.ndarray, newest_ns: int | None) -> PartMatches:
+        """This part's MD (MD_COLUMNS, capture order) and orders; newest_ns None at the end."""
+        window = {name: np.concatenate([self.kept[name], md[name]]) for name in MD_COLUMNS}
+        taken = np.concatenate([self.taken, np.zeros(md["seq"].size, bool)])
+        if self.mode.kind == NEAREST:
+            found = nearest(window["t_md_ns"], order_time)
+        else:
+            found = by_trigger(window["seq"], window["t_md_ns"], order_trigger, order_first_bit)
+        again = taken[found.md]                      # taken by an order of an earlier part
+        duplicate_orders = np.sort(np.concatenate([found.duplicate_orders, found.order[again]]), kind="stable")
+        md_rows, orders = found.md[~again], found.order[~again]
+        taken[md_rows] = True
+        canonical = np.ones(taken.size, bool)
+        canonical[found.duplicate_md] = False        # only the first capture of a seq is kept
+        if newest_ns is None:
+            leaves = canonical
+        else:
+            leaves = canonical & (window["t_md_ns"] < newest_ns - self.window_ns)
+            if self.mode.kind != NEAREST:
+                leaves |= canonical & (window["seq"] < 0)    # an unknown seq never matches
+        stays = canonical & ~leaves
+        unmatched = np.flatnonzero(leaves & ~taken)
+        self.kept = {name: values[stays] for name, values in window.items()}
+        self.taken = taken[stays]
+        return PartMatches(md={name: values[md_rows] for name, values in window.items()}, order=orders,
+                           unmatched_md={name: values[unmatched] for name, values in window.items()},
+                           duplicate_md={name: values[found.duplicate_md] for name, values in window.items()},
+                           unmatched_orders=found.unmatched_orders, duplicate_orders=duplicate_orders)

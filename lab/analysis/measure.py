@@ -1,15 +1,23 @@
 """From a capture to per-trigger tick-to-trade: the pipeline behind `lab measure`.
 
-1. Stream the capture in batches (bounded memory). Decode each batch
-   (lab.analysis.decode) and keep only what the measurement needs: per MD
-   datagram (UDP payload with a valid WM header) its stamp, seq and frame
-   length; per TCP segment that may carry orders its header fields and a copy
-   of its payload.
-2. Reassemble the TCP flows (lab.analysis.reassembly) and frame them: FIX 4.2
-   when a stream starts with "8=FIX", else the binary order entry. Orders are
-   NewOrder (binary) and NewOrderSingle (FIX 35=D) messages.
+1. Stream the capture in batches. Decode each batch (lab.analysis.decode) and
+   keep only what the measurement needs: per MD datagram (UDP payload with a
+   valid WM header) its stamp, seq and frame length; per TCP segment that may
+   carry orders its header fields and a copy of its payload.
+2. Every `epoch_packets` packets (a part of the capture), reassemble and frame
+   the order flows (lab.analysis.flows): whole NewOrder (binary) and
+   NewOrderSingle (FIX 35=D) messages become orders; only the bytes of unfinished
+   messages are carried to the next part.
 3. Turn stamps into first-bit times under the capture's convention
-   (lab.analysis.convention) and match orders to MD (lab.analysis.match).
+   (lab.analysis.convention) and match the part's orders to MD
+   (lab.analysis.match.MdWindow): MD stays matchable for `match_window_ns` of
+   capture time, then leaves the window. Per-trigger rows go to
+   `per_trigger_sink` part by part when one is given.
+
+So memory holds a part's working set, the unfinished messages and the MD window,
+plus 8 bytes per matched trigger (its tick-to-trade, for exact percentiles):
+it does not grow with the file otherwise. A capture of up to `epoch_packets`
+packets is read as one part, and then nothing depends on the window.
 
 Per trigger:
 - t_md_ns: first bit of the MD frame at the tap.
@@ -34,19 +42,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from engine.protocol import orders as order_format
-from engine.protocol.fix import TRIGGER_SEQ_TAG, fix_tag_values, frame_fix_stream
 from lab.analysis import convention
 from lab.analysis.decode import OK, PROTO_TCP, PROTO_UDP, SYN, Workspace, decode
+from lab.analysis.flows import SEGMENT_COLUMNS, OrderFlows, concat
 from lab.analysis.gather import gather_ragged
-from lab.analysis.match import FIX_TAG, NEAREST, TRIGGER, Matches, MatchMode, by_trigger, nearest
-from lab.analysis.reassembly import Segments, reassemble
+from lab.analysis.match import MD_COLUMNS, NEAREST, TRIGGER, MatchMode, MdWindow
 from lab.capture import NO_TIMESTAMP, open_capture
 from lab.capture.trailers import restamp_from_trailers
 from lab.errors import LabError
-
-FIX_START = b"8=FIX"
-
 
 class MeasureError(LabError):
     """Options of a measurement that cannot work together."""
@@ -84,7 +87,16 @@ class MeasureOptions:
     order_flow: Endpoint | None = None   # only TCP to here carries orders
     trailer: str | None = None           # "expcap" or "metamako": stamps from the timing card's trailer
     batch_packets: int = 1 << 18        # ~46 MB of a typical capture per batch; three are mapped at once
+    epoch_packets: int = 1 << 21        # packets per part: orders are framed and matched part by part
+    match_window_ns: int = 10**9        # how long an MD message stays matchable across parts
+    listed: int = 100                   # misses and duplicates kept for listing, per kind (all are counted)
     progress: Callable[[int], None] | None = None   # called with the bytes read so far
+    per_trigger_sink: Callable[[dict[str, np.ndarray]], None] | None = None
+    # given a sink, each part's per-trigger rows go to it and only tick_to_trade_ns is kept
+
+
+MISS_KINDS = ("unmatched_md", "unmatched_orders", "duplicate_orders", "duplicate_md")
+ORDER_LISTING = ("trigger_seq", "order_first_bit_ns", "flow", "packet")
 
 
 @dataclass
@@ -94,14 +106,20 @@ class Measurement:
     packets: int
     interfaces: list
     options: MeasureOptions
-    md: dict[str, np.ndarray]          # one row per MD datagram
-    orders: dict[str, np.ndarray]      # one row per order message
-    matches: Matches
+    counts: dict[str, int]             # md_messages, orders, matched and each of MISS_KINDS
+    misses: dict[str, dict[str, np.ndarray]]   # the first `listed` of each of MISS_KINDS; packet 1-based
     per_trigger: dict[str, np.ndarray]
     undecoded: dict[str, int]          # packets decode() could not use, by reason
     tcp: dict                          # reassembly and framing figures
     damage: list                       # lab.capture.Damage entries
     non_monotonic: int
+    parts: int                         # epochs the capture was read in
+    carried_peak: dict[str, int]       # most MD rows and order payload bytes held from one part to the next
+
+
+def per_trigger_columns(line_rate_bps: int | None) -> tuple[str, ...]:
+    return ("md_seq", "t_md_ns", "order_first_bit_ns", *(("order_last_byte_ns",) if line_rate_bps else ()),
+            "tick_to_trade_ns", "order_last_frame_first_bit_ns", "md_packet", "order_packet")
 
 
 def measure(path, options: MeasureOptions | None = None) -> Measurement:
@@ -109,29 +127,87 @@ def measure(path, options: MeasureOptions | None = None) -> Measurement:
     convention.check(options.convention, options.line_rate_bps)
     if options.trailer and options.convention != convention.HARDWARE:
         raise MeasureError("timing-card trailer stamps mark the frame's first bit: use --convention hardware")
+    if options.epoch_packets < 1 or options.match_window_ns < 0:
+        raise MeasureError("epoch_packets must be >= 1 and match_window_ns >= 0")
     collector = _Collector(options)
+    results = _Results(options)
     with open_capture(path) as capture:
         for batch in read_ahead(capture.batches(options.batch_packets, release=False)):
             if options.trailer:
                 batch = restamp_from_trailers(batch, options.trailer)
             collector.add(batch, [interface.linktype for interface in capture.interfaces])
             capture.release_before(int(batch.offset[-1]))
+            if collector.pending >= options.epoch_packets:
+                results.add(*collector.take(), final=False)
             if options.progress:
                 options.progress(capture.position)
+        results.add(*collector.take(), final=True)
         if options.trailer and "no timestamp" in collector.undecoded:   # the capture's own stamps are unused
             collector.undecoded["no valid trailer"] = collector.undecoded.pop("no timestamp")
-        md = collector.md_table()
-        segments, segment_info = collector.segments()
-        orders, tcp = _orders(segments, segment_info, options)
-        if options.match.kind == NEAREST:
-            matches = nearest(md["t_md_ns"], orders["order_last_frame_first_bit_ns"])
-        else:
-            matches = by_trigger(md["seq"], md["t_md_ns"], orders["trigger_seq"], orders["order_first_bit_ns"])
         return Measurement(
             path=str(path), format=capture.format, packets=collector.packets,
-            interfaces=list(capture.interfaces), options=options, md=md, orders=orders, matches=matches,
-            per_trigger=_per_trigger(md, orders, matches, options), undecoded=collector.undecoded,
-            tcp=tcp, damage=list(capture.damage), non_monotonic=capture.non_monotonic)
+            interfaces=list(capture.interfaces), options=options, counts=results.counts, misses=results.misses,
+            per_trigger=results.per_trigger(), undecoded=collector.undecoded, tcp=results.flows.figures(),
+            damage=list(capture.damage), non_monotonic=capture.non_monotonic, parts=results.parts,
+            carried_peak={"md_rows": results.window_peak, "order_bytes": results.flows.carried_peak})
+
+
+class _Results:
+    """Orders framed, matched and tallied part by part."""
+
+    def __init__(self, options: MeasureOptions):
+        self.options = options
+        self.flows = OrderFlows(options.match, options.line_rate_bps)
+        self.window = MdWindow(options.match, options.match_window_ns)
+        self.counts = dict.fromkeys(("md_messages", "orders", "matched", *MISS_KINDS), 0)
+        self.misses: dict[str, dict[str, np.ndarray]] = {}
+        self.kept: list[dict[str, np.ndarray]] = []
+        self.parts = self.window_peak = 0
+
+    def add(self, md: dict, segments: dict, payload: np.ndarray, newest_ns: int | None, final: bool) -> None:
+        self.parts += 1
+        orders = self.flows.add(segments, payload, final)
+        order_time = orders["order_last_frame_first_bit_ns" if self.options.match.kind == NEAREST
+                            else "order_first_bit_ns"]
+        found = self.window.match(md, orders["trigger_seq"], orders["order_first_bit_ns"], order_time,
+                                  None if final else newest_ns)
+        self.window_peak = max(self.window_peak, len(self.window))
+        self.counts["md_messages"] += md["seq"].size
+        self.counts["orders"] += orders["trigger_seq"].size
+        self.counts["matched"] += found.order.size
+        order_listing = {name: orders[name] for name in ORDER_LISTING}
+        self._miss("unmatched_md", found.unmatched_md)
+        self._miss("duplicate_md", found.duplicate_md)
+        self._miss("unmatched_orders", {n: v[found.unmatched_orders] for n, v in order_listing.items()})
+        self._miss("duplicate_orders", {n: v[found.duplicate_orders] for n, v in order_listing.items()})
+        rows = self._per_trigger(found.md, {name: values[found.order] for name, values in orders.items()})
+        if self.options.per_trigger_sink:
+            self.options.per_trigger_sink(rows)
+            rows = {"tick_to_trade_ns": rows["tick_to_trade_ns"]}
+        self.kept.append(rows)
+
+    def _miss(self, kind: str, rows: dict[str, np.ndarray]) -> None:
+        count = next(iter(rows.values())).size
+        self.counts[kind] += count
+        listed = {name: values[:self.options.listed] for name, values in rows.items()}
+        listed["packet"] = listed["packet"] + 1                # frame numbers as Wireshark counts
+        held = self.misses.get(kind)
+        self.misses[kind] = listed if held is None else {
+            name: np.concatenate([held[name], listed[name]])[:self.options.listed] for name in held}
+
+    def _per_trigger(self, md: dict, orders: dict) -> dict[str, np.ndarray]:
+        columns = {"md_seq": md["seq"], "t_md_ns": md["t_md_ns"], "order_first_bit_ns": orders["order_first_bit_ns"]}
+        if "order_last_byte_ns" in orders:
+            columns["order_last_byte_ns"] = orders["order_last_byte_ns"]
+        columns["tick_to_trade_ns"] = columns["order_first_bit_ns"] - columns["t_md_ns"]
+        columns["order_last_frame_first_bit_ns"] = orders["order_last_frame_first_bit_ns"]
+        columns["md_packet"] = md["packet"] + 1                # frame numbers as Wireshark counts
+        columns["order_packet"] = orders["packet"] + 1
+        return columns
+
+    def per_trigger(self) -> dict[str, np.ndarray]:
+        names = list(self.kept[0])
+        return {name: np.concatenate([part[name] for part in self.kept]) for name in names}
 
 
 def read_ahead(batches: Iterator) -> Iterator:
@@ -188,6 +264,9 @@ class _Collector:
         self._payload: list[np.ndarray] = []
         self._payload_bytes = 0
         self._workspace = Workspace()
+        self.pending = 0                     # packets added since the last take
+        self._newest: int | None = None      # the latest usable stamp so far
+
 
     def add(self, batch, linktypes) -> None:
         table, md_seq = decode(batch, linktypes, md_seq=True, workspace=self._workspace)
@@ -198,6 +277,9 @@ class _Collector:
         if missing:
             self.undecoded["no timestamp"] = self.undecoded.get("no timestamp", 0) + missing
         usable = (table.status == OK) & stamped
+        if usable.any():
+            newest = int(table.ts_ns[usable].max())
+            self._newest = newest if self._newest is None else max(self._newest, newest)
         self._add_md(table, md_seq, usable)
         tcp = usable & (table.proto == PROTO_TCP) & (table.direction != convention.INBOUND)
         tcp &= (table.payload_caplen > 0) | ((table.tcp_flags & SYN) != 0)
@@ -205,6 +287,7 @@ class _Collector:
             tcp &= (table.dst_ip == self.options.order_flow.ip) & (table.dst_port == self.options.order_flow.port)
         self._add_segments(table, batch.data, np.flatnonzero(tcp))
         self.packets += len(table)
+        self.pending += len(table)
 
     def _add_md(self, table, md_seq, usable) -> None:
         flow = self.options.md_flow
@@ -243,96 +326,11 @@ class _Collector:
         self._payload.append(payload)
         self._payload_bytes += payload.size
 
-    def md_table(self) -> dict[str, np.ndarray]:
-        md = _concat(self._md, {"seq": np.int64, "t_md_ns": np.int64, "packet": np.int64})
-        self._md = []
-        return md
-
-    def segments(self) -> tuple[Segments, dict[str, np.ndarray]]:
-        tcp = _concat(self._tcp, {"key_ips": np.uint64, "key_ports": np.uint32, "seq": np.uint32,
-                                  "length": np.int64, "captured": np.int64, "syn": bool, "where": np.int64,
-                                  "first_bit_ns": np.int64, "frame_len": np.int64, "packet": np.int64})
+    def take(self) -> tuple[dict, dict, np.ndarray, int | None]:
+        """What was collected since the last take: (MD rows, TCP segments, their payload, newest stamp)."""
+        md = concat(self._md, MD_COLUMNS)
+        segments = concat(self._tcp, SEGMENT_COLUMNS)
         payload = np.concatenate(self._payload) if self._payload else np.zeros(0, np.uint8)
-        self._tcp, self._payload = [], []
-        import pandas as pd  # hash-based factorize: flows in order of appearance
-        ips, _ = pd.factorize(tcp["key_ips"])
-        flow, flow_keys = pd.factorize((ips.astype(np.int64) << 32) | tcp["key_ports"].astype(np.int64))
-        segments = Segments(flow=flow.astype(np.int64), seq=tcp["seq"], length=tcp["length"],
-                            captured=tcp["captured"], syn=tcp["syn"], payload=payload, where=tcp["where"])
-        info = {"first_bit_ns": tcp["first_bit_ns"], "frame_len": tcp["frame_len"], "packet": tcp["packet"],
-                "flows": np.int64(flow_keys.size)}
-        return segments, info
-
-
-def _concat(parts: list[dict], dtypes: dict) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([np.zeros(0, dtype)] + [part[name] for part in parts]).astype(dtype, copy=False)
-            for name, dtype in dtypes.items()}
-
-
-def _orders(segments: Segments, info: dict, options: MeasureOptions) -> tuple[dict[str, np.ndarray], dict]:
-    """Reassemble and frame every flow; one row per order message (NewOrder / 35=D)."""
-    flows = int(info["flows"])
-    streams = reassemble(segments, flows)
-    parts = []
-    framing_errors = []
-    for flow in range(flows):
-        stream = streams.stream(flow)
-        if stream.size == 0:
-            continue
-        is_fix = stream[:len(FIX_START)].tobytes() == FIX_START
-        frames = frame_fix_stream(stream) if is_fix else order_format.frame_order_stream(stream)
-        if frames.error:
-            framing_errors.append({"flow": flow, "offset": frames.error_offset, "error": frames.error})
-        if is_fix:
-            new = frames.msg_type == ord("D")
-            tag = options.match.fix_tag if options.match.kind == FIX_TAG else TRIGGER_SEQ_TAG
-            trigger = fix_tag_values(stream, frames.offset[new], frames.length[new], tag)
-        else:
-            new = frames.msg_type == order_format.NEW_ORDER_TYPE
-            trigger = _u64_at(stream, frames.offset[new] + order_format.NEW_ORDER_TRIGGER_SEQ_OFFSET)
-        parts.append({"flow": np.full(int(new.sum()), flow, np.int64), "offset": frames.offset[new],
-                      "length": frames.length[new], "trigger_seq": trigger})
-    rows = _concat(parts, {"flow": np.int64, "offset": np.int64, "length": np.int64, "trigger_seq": np.int64})
-    first_bit = info["first_bit_ns"]
-    last_bit = (first_bit + convention.wire_time_ns(info["frame_len"], options.line_rate_bps)
-                if options.line_rate_bps else None)
-    first, completing, last = streams.span_times(rows["flow"], rows["offset"], rows["length"], first_bit, last_bit)
-    orders = {
-        "trigger_seq": rows["trigger_seq"],
-        "order_first_bit_ns": first,
-        "order_last_frame_first_bit_ns": first_bit[completing],
-        "flow": rows["flow"],
-        "stream_offset": rows["offset"],
-        "packet": info["packet"][completing],
-    }
-    if last is not None:
-        orders["order_last_byte_ns"] = last
-    tcp = {
-        "flows": flows,
-        "segments": len(segments),
-        "duplicate_bytes": streams.duplicate_bytes,
-        "bytes_after_holes": int((streams.extent - streams.contiguous).sum()),
-        "framing_errors": framing_errors,
-    }
-    return orders, tcp
-
-
-def _u64_at(stream: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Little-endian u64 at each offset (all inside the stream), as int64."""
-    words, _ = gather_ragged(stream, offsets, np.full(offsets.size, 8, np.int64))
-    return words.view("<i8")
-
-
-def _per_trigger(md: dict, orders: dict, matches: Matches, options: MeasureOptions) -> dict[str, np.ndarray]:
-    columns = {
-        "md_seq": md["seq"][matches.md],
-        "t_md_ns": md["t_md_ns"][matches.md],
-        "order_first_bit_ns": orders["order_first_bit_ns"][matches.order],
-    }
-    if "order_last_byte_ns" in orders:
-        columns["order_last_byte_ns"] = orders["order_last_byte_ns"][matches.order]
-    columns["tick_to_trade_ns"] = columns["order_first_bit_ns"] - columns["t_md_ns"]
-    columns["order_last_frame_first_bit_ns"] = orders["order_last_frame_first_bit_ns"][matches.order]
-    columns["md_packet"] = md["packet"][matches.md] + 1           # frame numbers as Wireshark counts
-    columns["order_packet"] = orders["packet"][matches.order] + 1
-    return columns
+        newest = self._newest
+        self._md, self._tcp, self._payload, self._payload_bytes, self.pending = [], [], [], 0, 0
+        return md, segments, payload, newest

@@ -11,6 +11,8 @@ How, without a loop over segments:
 - Sequence numbers are unwrapped per flow from the signed 32-bit step between
   consecutive segments (arrival order), so streams may pass 4 GiB.
 - A flow's stream starts at its SYN's seq + 1, or at the lowest seq seen.
+  (lab.analysis.flows carries a flow from one part of a capture to the next by
+  putting a zero-length SYN just before the first byte still wanted.)
 - All flows are laid end to end in one coordinate space, segments are sorted
   by (position, arrival), and np.maximum.accumulate of their ends splits them
   into runs of overlapping segments. A run of one segment owns all its bytes
@@ -60,8 +62,12 @@ class Streams:
     contiguous: np.ndarray      # int64 per flow: bytes before the first hole
     extent: np.ndarray          # int64 per flow: bytes from the first to the highest seen
     piece_start: np.ndarray     # int64, sorted: runs of bytes delivered first by one segment
+    piece_end: np.ndarray       # int64
     piece_segment: np.ndarray   # int64, that segment (index into Segments)
-    duplicate_bytes: int        # payload bytes that arrived again (retransmissions, overlaps)
+    position: np.ndarray        # int64 per segment: its first payload byte's offset in its flow's stream
+    base_seq: np.ndarray        # int64 per flow: the TCP seq of stream offset 0 (0 .. 2**32-1)
+    duplicate_bytes: int        # payload bytes that arrived again (retransmissions, overlaps, bytes
+                                # before the stream's start)
 
     @property
     def flows(self) -> int:
@@ -106,7 +112,8 @@ def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:
 
 
 def stream_positions(segments: Segments, flows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(position of each segment's first payload byte in its flow's stream, flow base found).
+    """(position of each segment's first payload byte in its flow's stream, TCP seq of each
+    flow's position 0).
 
     Position 0 is the byte after the flow's SYN, or the lowest byte seen.
     """
@@ -141,19 +148,20 @@ def stream_positions(segments: Segments, flows: int) -> tuple[np.ndarray, np.nda
     else:
         position = np.empty(n, np.int64)
         position[by_flow] = data_at - base[group]
-    flow_ids = flow_sorted[firsts]
-    base_per_flow = np.zeros(flows, np.int64)
-    base_per_flow[flow_ids] = base
-    return position, base_per_flow
+    base_seq = np.zeros(flows, np.int64)
+    base_seq[flow_sorted[firsts]] = (seq[firsts] + base) % _WRAP
+    return position, base_seq
 
 
 def reassemble(segments: Segments, flows: int) -> Streams:
     """Reassemble `flows` half-connections (flow ids 0..flows-1)."""
     n = len(segments)
-    position = stream_positions(segments, flows)[0] if n else np.zeros(0, np.int64)
+    position, base_seq = stream_positions(segments, flows) if n else (np.zeros(0, np.int64),
+                                                                      np.zeros(flows, np.int64))
     # Bytes before the stream start (old retransmissions) and bytes not captured are dropped.
     skip = np.maximum(-position, 0)
     size = np.maximum(segments.captured - skip, 0)
+    before_start = int(np.minimum(skip, segments.captured).sum())
     useful = np.flatnonzero(size > 0)
     flow = segments.flow[useful]
     begin = position[useful] + skip[useful]
@@ -196,8 +204,9 @@ def reassemble(segments: Segments, flows: int) -> Streams:
     data, _ = gather_ragged(segments.payload, source[usable], (piece_end - piece_start)[usable])
     covered = int((piece_end - piece_start).sum())
     return Streams(data=data, data_start=np.cumsum(contiguous) - contiguous, start=start,
-                   contiguous=contiguous, extent=extent, piece_start=piece_start, piece_segment=piece_segment,
-                   duplicate_bytes=int(size.sum()) - covered)
+                   contiguous=contiguous, extent=extent, piece_start=piece_start, piece_end=piece_end,
+                   piece_segment=piece_segment, position=position, base_seq=base_seq,
+                   duplicate_bytes=int(size.sum()) - covered + before_start)
 
 
 def _first_arrival_bytes(begin: np.ndarray, end: np.ndarray, segment: np.ndarray):

@@ -212,17 +212,48 @@ def require_pyarrow(path) -> None:
                           f"or use --csv") from None
 
 
+class TableWriter:
+    """Per-trigger rows written as they come, part by part: CSV, or Parquet (needs pyarrow).
+    The file is created owner-only when the writer is made; close() finishes it."""
+
+    def __init__(self, path, columns: tuple[str, ...], parquet: bool = False):
+        self.path, self.columns, self.parquet = path, columns, parquet
+        if parquet:
+            require_pyarrow(path)
+        self._out = open_private(path, binary=parquet)
+        self._parquet_writer = None
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        import pandas as pd
+        frame = pd.DataFrame({name: columns[name] for name in self.columns})
+        if self.parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._parquet_writer is None:
+                self._parquet_writer = pq.ParquetWriter(self._out, table.schema)
+            self._parquet_writer.write_table(table)
+        else:
+            frame.to_csv(self._out, index=False, header=self._out.tell() == 0)
+
+    def close(self) -> None:
+        if self._parquet_writer is None and self._out.tell() == 0:     # no part came: an empty table
+            self.write({name: np.zeros(0, np.int64) for name in self.columns})
+        if self._parquet_writer is not None:
+            self._parquet_writer.close()
+        self._out.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def write_table(path, columns: dict[str, np.ndarray], parquet: bool = False) -> None:
-    """Per-trigger rows as CSV, or as Parquet (needs pyarrow)."""
-    import pandas as pd
-    frame = pd.DataFrame(columns)
-    if parquet:
-        require_pyarrow(path)
-        with open_private(path, binary=True) as out:
-            frame.to_parquet(out, index=False)
-        return
-    with open_private(path) as out:
-        frame.to_csv(out, index=False)
+    """Per-trigger rows as CSV, or as Parquet (needs pyarrow), in one go."""
+    with TableWriter(path, tuple(columns), parquet) as writer:
+        writer.write(columns)
 
 
 def write_plot(path, values_ns: np.ndarray, title: str) -> None:

@@ -8,19 +8,18 @@ import sys
 
 from lab.analysis import convention
 from lab.analysis.match import MatchError, parse_match
-from lab.analysis.measure import MeasureError, Measurement, MeasureOptions, measure, parse_endpoint
-from lab.analysis.stats import (
-    SUMMARY_KEYS,
-    ExportError,
-    require_pyarrow,
-    summarize,
-    write_hgrm,
-    write_plot,
-    write_table,
+from lab.analysis.measure import (
+    MeasureError,
+    Measurement,
+    MeasureOptions,
+    measure,
+    parse_endpoint,
+    per_trigger_columns,
 )
+from lab.analysis.stats import SUMMARY_KEYS, ExportError, TableWriter, summarize, write_hgrm, write_plot
 from lab.capture.records import skipped_report
 from lab.table import render
-from simulator.units import UnitError, format_rate, parse_rate
+from simulator.units import UnitError, format_rate, parse_duration, parse_rate
 
 LISTED = 100   # misses and duplicates listed in the JSON (all are counted)
 
@@ -62,6 +61,9 @@ def register(sub):
                    help="only UDP to this address is market data (any datagram there counts)")
     p.add_argument("--order-flow", type=_argument(parse_endpoint), metavar="IP:PORT",
                    help="only TCP to this address carries orders")
+    p.add_argument("--match-window", type=_argument(parse_duration), default=parse_duration("1s"), metavar="DURATION",
+                   help="how long after it an MD message can still be matched when the capture is read in parts "
+                        "(captures over 2Mi packets); default 1s")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--csv", metavar="FILE", help="write one row per trigger as CSV")
     p.add_argument("--parquet", metavar="FILE", help="write one row per trigger as Parquet (needs pyarrow)")
@@ -74,18 +76,21 @@ def run(args) -> int:
     convention.check(args.convention, args.line_rate)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ExportError(f"--plot {args.plot}: the plot is written as PNG; name the file *.png")
-    if args.parquet:
-        require_pyarrow(args.parquet)                 # before the long read, not after
     options = MeasureOptions(convention=args.convention, line_rate_bps=args.line_rate, match=args.match,
-                             md_flow=args.md_flow, order_flow=args.order_flow, trailer=args.trailer)
-    with _ProgressBar(args.pcap) as progress:
-        options.progress = progress
-        result = measure(args.pcap, options)
+                             md_flow=args.md_flow, order_flow=args.order_flow, trailer=args.trailer,
+                             match_window_ns=args.match_window // 1000, listed=LISTED)
+    columns = per_trigger_columns(args.line_rate)
+    tables = [TableWriter(path, columns, parquet) for path, parquet in ((args.csv, False), (args.parquet, True))
+              if path]                          # made before the long read: a bad path fails first
+    try:
+        with _ProgressBar(args.pcap) as progress:
+            options.progress = progress
+            options.per_trigger_sink = lambda rows: [table.write(rows) for table in tables]
+            result = measure(args.pcap, options)
+    finally:
+        for table in tables:
+            table.close()
     latency = result.per_trigger["tick_to_trade_ns"]
-    if args.csv:
-        write_table(args.csv, result.per_trigger)
-    if args.parquet:
-        write_table(args.parquet, result.per_trigger, parquet=True)
     if args.hgrm:
         write_hgrm(args.hgrm, latency)
     if args.plot:
@@ -130,26 +135,23 @@ def _convention_text(result: Measurement) -> str:
     return f"software stamps, inbound moved to first bit at {format_rate(rate)}"
 
 
-def _listing(rows, columns: dict) -> list[dict]:
-    return [{name: int(values[row]) for name, values in columns.items()} for row in rows[:LISTED]]
+def _listing(columns: dict) -> list[dict]:
+    names = list(columns)
+    return [dict(zip(names, map(int, row))) for row in zip(*columns.values())]
 
 
 def to_json(result: Measurement) -> dict:
-    matches = result.matches
-    md, orders = result.md, result.orders
-    md_columns = {"seq": md["seq"], "t_md_ns": md["t_md_ns"], "packet": md["packet"] + 1}
-    order_columns = {"trigger_seq": orders["trigger_seq"], "order_first_bit_ns": orders["order_first_bit_ns"],
-                     "flow": orders["flow"], "packet": orders["packet"] + 1}
+    counts = result.counts
     document = {
         "file": result.path,
         "format": result.format,
         "packets": result.packets,
-        "md_messages": int(md["seq"].size),
-        "orders": int(orders["trigger_seq"].size),
-        "matched": int(matches.md.size),
-        "unmatched_md": int(matches.unmatched_md.size),
-        "unmatched_orders": int(matches.unmatched_orders.size),
-        "duplicates": matches.duplicates,
+        "md_messages": counts["md_messages"],
+        "orders": counts["orders"],
+        "matched": counts["matched"],
+        "unmatched_md": counts["unmatched_md"],
+        "unmatched_orders": counts["unmatched_orders"],
+        "duplicates": counts["duplicate_orders"] + counts["duplicate_md"],
         "convention": result.options.convention,
         "timestamps": f"trailer:{result.options.trailer}" if result.options.trailer else "capture",
         "convention_note": _convention_text(result),
@@ -157,14 +159,14 @@ def to_json(result: Measurement) -> dict:
         "match": str(result.options.match),
         "tick_to_trade_ns": summarize(result.per_trigger["tick_to_trade_ns"]),
         "misses": {
-            "listed_at_most": LISTED,
-            "unmatched_orders": _listing(matches.unmatched_orders, order_columns),
-            "duplicate_orders": _listing(matches.duplicate_orders, order_columns),
-            "duplicate_md": _listing(matches.duplicate_md, md_columns),
+            "listed_at_most": result.options.listed,
+            **{kind: _listing(result.misses[kind]) for kind in ("unmatched_orders", "duplicate_orders",
+                                                                "duplicate_md")},
         },
         "tcp": result.tcp,
         "undecoded": result.undecoded,
         "non_monotonic": result.non_monotonic,
+        "parts": result.parts,
     }
     if result.damage:
         document["skipped"] = skipped_report(result.damage)
@@ -180,7 +182,7 @@ def to_text(result: Measurement, document: dict, args) -> str:
     lines += ["", "tick-to-trade (ns, nearest-rank percentiles)",
               render(list(SUMMARY_KEYS), [["-" if summary[k] is None else summary[k] for k in SUMMARY_KEYS]],
                      align="r" * len(SUMMARY_KEYS))]
-    if "order_last_byte_ns" not in result.per_trigger:
+    if not result.options.line_rate_bps:
         lines.append("order last-byte times need --line-rate")
     for kind, listed in document["misses"].items():
         if kind != "listed_at_most" and listed:

@@ -133,6 +133,7 @@ def test_matching_modes(lab_main, captures):
     (["--convention", "software"], "needs --line-rate"),
     (["--convention", "atomic"], "--convention"),
     (["--match", "fix-tag:x"], "--match"),
+    (["--match-window", "soon"], "--match-window"),
     (["--match", "closest"], "--match"),
     (["--md-flow", "239.1.1.1"], "--md-flow"),
     (["--plot", "t.jpg"], "PNG"),

@@ -76,8 +76,10 @@ def test_trigger_matching_by_hand(tmp_path):
                                                  max(2_600 + wire_ns(frames[2_600], GBPS10),
                                                      2_700 + wire_ns(frames[2_700], GBPS10))]
     assert pt["md_packet"].tolist() == [2, 6] and pt["order_packet"].tolist() == [4, 8]
-    assert (m.matches.unmatched_md.tolist(), m.matches.unmatched_orders.tolist()) == ([1], [2])
-    assert m.orders["trigger_seq"].tolist() == [100, 102, 555]
+    assert m.counts == {"md_messages": 3, "orders": 3, "matched": 2, "unmatched_md": 1, "unmatched_orders": 1,
+                        "duplicate_orders": 0, "duplicate_md": 0}
+    assert m.misses["unmatched_md"]["seq"].tolist() == [101] and m.misses["unmatched_md"]["packet"].tolist() == [5]
+    assert m.misses["unmatched_orders"]["trigger_seq"].tolist() == [555]
     assert m.tcp["duplicate_bytes"] == 48 - PREFIX
     assert m.tcp["flows"] == 1                             # the inbound (venue) flow is not an order flow
 
@@ -107,14 +109,19 @@ def test_pcap_without_directions_uses_the_roles(tmp_path):
     assert m.tcp["flows"] == 2                             # without flags the venue's flow is framed too
 
 
-def test_small_batches_give_the_same_answer(tmp_path):
+@pytest.mark.parametrize("epoch_packets", [1 << 21, 1, 2, 3])
+def test_small_batches_and_parts_give_the_same_answer(tmp_path, epoch_packets):
     rows, _ = timeline()
     path = tmp_path / "hand.pcapng"
     write_pcapng(path, rows)
     whole = measure(path, MeasureOptions(line_rate_bps=GBPS10))
-    pieces = measure(path, MeasureOptions(line_rate_bps=GBPS10, batch_packets=2))
+    pieces = measure(path, MeasureOptions(line_rate_bps=GBPS10, batch_packets=1, epoch_packets=epoch_packets))
+    assert pieces.parts == len(rows) // epoch_packets + 1       # a part every epoch_packets, and the rest
     for name, column in whole.per_trigger.items():
         assert pieces.per_trigger[name].tolist() == column.tolist(), name
+    assert (pieces.counts, pieces.tcp) == (whole.counts, whole.tcp)
+    for kind, listed in whole.misses.items():
+        assert {k: v.tolist() for k, v in pieces.misses[kind].items()} == {k: v.tolist() for k, v in listed.items()}
 
 
 def test_linux_cooked_capture(tmp_path):
@@ -149,7 +156,7 @@ def test_fix_orders_split_and_matched_by_tag(tmp_path):
     assert m.per_trigger["tick_to_trade_ns"].tolist() == [400, 800]
     assert m.per_trigger["order_last_frame_first_bit_ns"].tolist() == [1_900, 1_900]
     by_client_id = measure(path, MeasureOptions(match=parse_match("fix-tag:11")))   # ClOrdID 2, 3: no such MD
-    assert by_client_id.matches.md.size == 0 and by_client_id.matches.unmatched_orders.size == 2
+    assert by_client_id.counts["matched"] == 0 and by_client_id.counts["unmatched_orders"] == 2
 
 
 def test_nearest_matching_uses_the_completing_frame(tmp_path):
@@ -166,7 +173,7 @@ def test_nearest_matching_uses_the_completing_frame(tmp_path):
     m = measure(path, MeasureOptions(match=parse_match("nearest")))
     assert m.per_trigger["md_seq"].tolist() == [7, 9]
     assert m.per_trigger["tick_to_trade_ns"].tolist() == [500 - 1_000, 400]   # from the first bit, as defined
-    assert m.matches.unmatched_md.tolist() == [1]
+    assert m.misses["unmatched_md"]["seq"].tolist() == [8]
 
 
 def test_flow_filters_and_foreign_market_data(tmp_path):
@@ -177,15 +184,15 @@ def test_flow_filters_and_foreign_market_data(tmp_path):
     path = tmp_path / "flows.pcapng"
     write_pcapng(path, rows)
     everything = measure(path, MeasureOptions())
-    assert everything.md["seq"].tolist() == [100, 100]              # both WM feeds; the ITCH one is not MD
-    assert everything.matches.duplicate_md.tolist() == [1]
+    assert everything.counts["md_messages"] == 2                     # both WM feeds; the ITCH one is not MD
+    assert everything.misses["duplicate_md"]["packet"].tolist() == [4]
     assert everything.per_trigger["t_md_ns"].tolist() == [950]      # the first capture of seq 100
     ours = measure(path, MeasureOptions(md_flow=parse_endpoint(f"{GROUP}:5000")))
     assert ours.per_trigger["t_md_ns"].tolist() == [1_000]
     itch = measure(path, MeasureOptions(md_flow=parse_endpoint("239.9.9.9:7000"), match=parse_match("nearest")))
-    assert itch.md["seq"].tolist() == [-1] and itch.per_trigger["tick_to_trade_ns"].tolist() == [600]
+    assert itch.counts["md_messages"] == 1 and itch.per_trigger["tick_to_trade_ns"].tolist() == [600]
     none = measure(path, MeasureOptions(order_flow=parse_endpoint(f"{VENUE}:1234")))
-    assert none.orders["trigger_seq"].size == 0
+    assert none.counts["orders"] == 0
 
 
 def test_parse_endpoint():
