@@ -9,7 +9,7 @@ Measured:
   heap during it.
 - lab measure, the whole command: `python -m lab measure --pcap F --json` as a
   user runs it (interpreter start-up and imports included), and its peak RSS
-  (wait4) against the file size. The file is memory-mapped; pages behind the
+  (VmHWM) against the file size. The file is memory-mapped; pages behind the
   reader are released as it goes, so RSS holds the working set, not the file.
 - memory growth: the whole command again on a capture with a quarter of the
   triggers; (peak RSS large - small) / (file large - small) is what each byte
@@ -87,9 +87,24 @@ def bench_lab_in_process(path: str) -> dict:
             "heap_peak_bytes": heap_peak}
 
 
+# `python -m lab ...`, reporting the process's own peak RSS (VmHWM) at exit. wait4's ru_maxrss
+# would not do: Linux carries the forking parent's RSS across exec into it.
+LAB_WITH_PEAK_RSS = ("import atexit, runpy, sys\n"
+                     "def peak():\n"
+                     "    hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0]\n"
+                     "    sys.stderr.write('\\nVmHWM_kB ' + hwm.split()[1] + '\\n')\n"
+                     "atexit.register(peak)\n"
+                     "sys.argv[0] = 'lab'\n"
+                     "runpy.run_module('lab', run_name='__main__')\n")
+
+
 def bench_lab_command(path: str, packets: int) -> dict:
-    elapsed, rss, out = run_child([sys.executable, "-m", "lab", "measure", "--pcap", path, "--json"])
-    assert json.loads(out)["packets"] == packets
+    start = time.perf_counter()
+    child = subprocess.run([sys.executable, "-c", LAB_WITH_PEAK_RSS, "measure", "--pcap", path, "--json"],
+                           capture_output=True, check=True)
+    elapsed = time.perf_counter() - start
+    assert json.loads(child.stdout)["packets"] == packets
+    rss = int(child.stderr.split()[-1]) * 1024
     return {"seconds": round(elapsed, 3), "packets_per_s": round(packets / elapsed), "peak_rss_bytes": rss}
 
 
