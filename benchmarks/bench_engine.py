@@ -145,13 +145,20 @@ max_open_orders = 1000000000
 def latency_report(tel):
     orders, calibration, _ = read_telemetry(tel)
     st = stage_ns(orders, calibration)
-    stamped = orders["kernel_tx_ns"] > 0
-    w2w = (st["kernel_tx"] - st["kernel_rx"])[stamped]
-    internal = st["app_out"] - st["app_in"]
-    return {"orders": int(len(orders)),
+    return report(st["kernel_rx"], st["app_in"], st["app_out"], st["kernel_tx"])
+
+
+def report(kernel_rx, app_in, app_out, kernel_tx) -> dict:
+    """Percentiles per order, all stamps in ns on the kernel clock (kernel_tx 0: no stamp came back)."""
+    stamped = kernel_tx > 0
+    w2w = (kernel_tx - kernel_rx)[stamped]
+    internal = app_out - app_in
+    return {"orders": int(len(kernel_rx)),
             "wire_to_wire_ns": {"p50": int(np.percentile(w2w, 50)), "p99": int(np.percentile(w2w, 99)),
                                 "min": int(w2w.min())},
-            "internal_ns": {"p50": int(np.percentile(internal, 50)), "p99": int(np.percentile(internal, 99))}}
+            "internal_ns": {"p50": int(np.percentile(internal, 50)), "p99": int(np.percentile(internal, 99))},
+            "kernel_rx_to_app_in_ns": {"p50": int(np.percentile(app_in - kernel_rx, 50))},
+            "app_out_to_kernel_tx_ns": {"p50": int(np.percentile((kernel_tx - app_out)[stamped], 50))}}
 
 
 def baseline(feed_port_box, venue_port, n, ready, out):
@@ -159,7 +166,7 @@ def baseline(feed_port_box, venue_port, n, ready, out):
     rx = udp_receiver()
     feed_port_box.value = rx.getsockname()[1]
     tx = tcp_connect("127.0.0.1", venue_port)
-    hz = calibrate(duration_s=0.05, samples=100).frequency_hz
+    calibration = calibrate(duration_s=0.05, samples=100)
     ready.set()
     sent, rows = 0, []
     tx.setblocking(False)
@@ -183,12 +190,9 @@ def baseline(feed_port_box, venue_port, n, ready, out):
     deadline = time.time() + 2
     while len(stamps) < n and time.time() < deadline:
         stamps.update(tx_stamps(tx))
-    w2w = np.array([stamps[end] - rx_ns for rx_ns, _, _, end in rows if end in stamps], dtype=np.int64)
-    internal = np.array([(o - i) * 10**9 // hz for _, i, o, _ in rows], dtype=np.int64)
-    out.put({"orders": n,
-             "wire_to_wire_ns": {"p50": int(np.percentile(w2w, 50)), "p99": int(np.percentile(w2w, 99)),
-                                 "min": int(w2w.min())},
-             "internal_ns": {"p50": int(np.percentile(internal, 50)), "p99": int(np.percentile(internal, 99))}})
+    kernel_rx, app_in, app_out, ends = (np.array(column, dtype=np.int64) for column in zip(*rows))
+    kernel_tx = np.array([stamps.get(end, 0) for end in ends.tolist()], dtype=np.int64)
+    out.put(report(kernel_rx, calibration.to_ns(app_in), calibration.to_ns(app_out), kernel_tx))
     tx.close()
     rx.close()
 

@@ -2,7 +2,8 @@
 
 Array-backed: each side is a ladder of quantities indexed by price tick, so a
 level update is one store and the best price moves by a short scan (numpy, in
-C) only when the best level empties. The window re-centres when a price falls
+C) only when the best level empties. A ladder is an array.array (fast scalar
+stores and loads) with a numpy view of the same memory for the scans. The window re-centres when a price falls
 outside it. Prices are int64 in 1e-8 units (engine.protocol), on a tick grid.
 
 Crossed-book guard: when a new bid reaches the best ask (or a new ask the best
@@ -10,6 +11,8 @@ bid), the stale opposite levels are cleared, as a missed delete is the usual
 cause; `crossed_fixes` counts them.
 """
 from __future__ import annotations
+
+from array import array
 
 import numpy as np
 
@@ -26,24 +29,31 @@ class L2Book:
             raise BookError(f"tick must be positive, got {tick}")
         self.tick, self.window = tick, window
         self.base = None                     # price of ladder index 0
-        self.qty = [None, np.zeros(window, np.int64), np.zeros(window, np.int64)]   # by side
+        self.qty = [None, _ladder(window), _ladder(window)]   # by side
+        self.view = [None] + [np.frombuffer(q, np.int64) for q in self.qty[1:]]
         self.best = [None, -1, -1]           # ladder index of the best bid / ask, -1 when empty
         self.crossed_fixes = 0
 
     # -- updates ------------------------------------------------------------------------
     def set_level(self, side: int, price: int, qty: int) -> None:
         """Set the quantity at a price; qty 0 deletes the level."""
+        tick = self.tick
         if side not in (BID, ASK):
             raise BookError(f"side must be 1 (bid) or 2 (ask), got {side}")
         if qty < 0:
             raise BookError(f"negative quantity {qty}")
-        if price % self.tick:
-            raise BookError(f"price {price} is not on the {self.tick} tick grid")
-        if qty == 0 and self.base is None:
-            return
-        i = self._index(price)
-        ladder = self.qty[side]
-        ladder[i] = qty
+        if price % tick:
+            raise BookError(f"price {price} is not on the {tick} tick grid")
+        base = self.base
+        if base is None:
+            if not qty:
+                return
+            base = self.base = price - (self.window // 2) * tick
+        i = (price - base) // tick
+        if not 0 <= i < self.window:
+            self._recentre(price)
+            i = (price - self.base) // tick
+        self.qty[side][i] = qty
         best = self.best[side]
         if qty:
             if best < 0 or (i > best if side == BID else i < best):
@@ -57,7 +67,7 @@ class L2Book:
 
     def clear(self) -> None:
         for side in (BID, ASK):
-            self.qty[side][:] = 0
+            self.view[side][:] = 0
         self.best = [None, -1, -1]
 
     # -- queries ------------------------------------------------------------------------
@@ -67,12 +77,19 @@ class L2Book:
     def best_ask(self) -> tuple[int, int] | None:
         return self._level(ASK, self.best[ASK])
 
+    def top(self) -> tuple[int, int, int, int]:
+        """(bid price, bid qty, ask price, ask qty) of the best levels; 0, 0 for an empty side."""
+        _, b, a = self.best
+        base, tick = self.base, self.tick
+        return (base + b * tick if b >= 0 else 0, self.qty[BID][b] if b >= 0 else 0,
+                base + a * tick if a >= 0 else 0, self.qty[ASK][a] if a >= 0 else 0)
+
     def depth(self, side: int, levels: int = 5) -> list[tuple[int, int]]:
         """The best `levels` (price, qty) pairs, best first."""
         best = self.best[side]
         if best < 0:
             return []
-        ladder = self.qty[side]
+        ladder = self.view[side]
         if side == BID:
             idx = np.flatnonzero(ladder[: best + 1])[::-1][:levels]
         else:
@@ -85,19 +102,10 @@ class L2Book:
 
     # -- internals ----------------------------------------------------------------------
     def _level(self, side: int, i: int):
-        return None if i < 0 else (self.base + i * self.tick, int(self.qty[side][i]))
-
-    def _index(self, price: int) -> int:
-        if self.base is None:
-            self.base = price - (self.window // 2) * self.tick
-        i = (price - self.base) // self.tick
-        if not 0 <= i < self.window:
-            self._recentre(price)
-            i = (price - self.base) // self.tick
-        return i
+        return None if i < 0 else (self.base + i * self.tick, self.qty[side][i])
 
     def _scan(self, side: int, emptied: int) -> int:
-        ladder = self.qty[side]
+        ladder = self.view[side]
         if side == BID:
             below = np.flatnonzero(ladder[:emptied])
             return int(below[-1]) if len(below) else -1
@@ -109,7 +117,7 @@ class L2Book:
         best = self.best[other]
         if best < 0 or (best > i if side == BID else best < i):
             return
-        ladder = self.qty[other]
+        ladder = self.view[other]
         if side == BID:                       # asks at or below the new bid are stale
             ladder[: i + 1] = 0
             self.best[ASK] = self._scan(ASK, i)
@@ -120,7 +128,7 @@ class L2Book:
 
     def _recentre(self, price: int) -> None:
         """Move (and if needed grow) the window so that every level and `price` fit."""
-        used = {side: np.flatnonzero(self.qty[side]) for side in (BID, ASK)}
+        used = {side: np.flatnonzero(self.view[side]) for side in (BID, ASK)}
         lows = [self.base + int(u[0]) * self.tick for u in used.values() if len(u)] + [price]
         highs = [self.base + int(u[-1]) * self.tick for u in used.values() if len(u)] + [price]
         span = (max(highs) - min(lows)) // self.tick + 1
@@ -130,27 +138,27 @@ class L2Book:
         new_base = (min(lows) + max(highs)) // 2 // self.tick * self.tick - (window // 2) * self.tick
         shift = (self.base - new_base) // self.tick
         for side in (BID, ASK):
-            moved = np.zeros(window, np.int64)
+            ladder = _ladder(window)
+            moved = np.frombuffer(ladder, np.int64)
             idx = used[side]
-            moved[idx + shift] = self.qty[side][idx]
-            self.qty[side] = moved
+            moved[idx + shift] = self.view[side][idx]
+            self.qty[side], self.view[side] = ladder, moved
             if self.best[side] >= 0:
                 self.best[side] += shift
         self.base, self.window = new_base, window
 
 
-class Books:
-    """All books of the engine, by (venue, instrument)."""
+def _ladder(levels: int) -> array:
+    return array("q", bytes(8 * levels))
+
+
+class Books(dict):
+    """All books of the engine, by (venue, instrument); a book is made on first use."""
 
     def __init__(self, tick_for=lambda venue, instrument: 1):
-        self._books: dict[tuple[int, int], L2Book] = {}
+        super().__init__()
         self._tick_for = tick_for
 
-    def __getitem__(self, key: tuple[int, int]) -> L2Book:
-        book = self._books.get(key)
-        if book is None:
-            book = self._books[key] = L2Book(self._tick_for(*key))
+    def __missing__(self, key: tuple[int, int]) -> L2Book:
+        book = self[key] = L2Book(self._tick_for(*key))
         return book
-
-    def __len__(self) -> int:
-        return len(self._books)

@@ -11,8 +11,8 @@ Strategies (DESIGN.md):
 Order entry is binary (engine.protocol.orders) or FIX 4.2 (engine.protocol.fix, fixed
 width, `orders = "fix"` per venue). A FIX session primes the NewOrderSingle's first
 133 bytes (header, Account, ClOrdID, HandlInst, OrdType up to `59=`); its MsgSeqNum and
-SendingTime are fixed when it is primed. The fixed FIX layouts have no cancel request,
-so FIX sessions carry IOC orders; a cancel for a FIX venue is counted and dropped.
+SendingTime are fixed when it is primed. A FIX cancel is an OrderCancelRequest (35=F); a
+primed FIX order it interrupts is completed with quantity 0, which the venue rejects.
 
 Every send() is stamped by the kernel (TX, MSG_ERRQUEUE, keyed by stream
 offset). The gateway owns the wire's client order ids (a prefix needs its id
@@ -44,6 +44,7 @@ PREFIX = wire.NEW_ORDER_PREFIX_BYTES
 STRATEGIES = ("none", "tcp-prefix")
 ORDER_FORMATS = ("binary", "fix")
 FIX_PREFIX = fix.NEW_ORDER_SINGLE_PREFIX_BYTES
+CANCEL_KIND = ord("C")
 FIX_EXEC_KINDS = {"0": "A", "1": "F", "2": "F", "4": "X", "8": "R"}   # ExecType -> account update
 
 
@@ -60,6 +61,7 @@ class Session:
     sock: socket.socket | None = None
     sent: int = 0                              # bytes sent on this connection
     primed: int | None = None                  # wire id whose prefix is on the wire
+    primed_end: int = 0                        # stream offset of that prefix's last byte
     next_wire_id: int = 1
     to_overseer: dict = field(default_factory=dict)   # wire id -> (overseer id, is cancel, target)
     prefix_tx_ns: dict = field(default_factory=dict)  # wire id -> kernel TX stamp of its prefix
@@ -132,15 +134,18 @@ class OrderGateway:
 
     # -- the hot path ------------------------------------------------------------------------
     def poll(self) -> int:
-        """Send every pending request; retry venues that are down. Returns requests sent."""
+        """Send every request waiting on the orders queue; retry venues that are down. Returns requests sent."""
         sent = 0
         while (raw := self.requests.poll_bytes()) is not None:
             self.send(raw)
             sent += 1
+        self.retry_down()
+        return sent
+
+    def retry_down(self) -> None:
         for session in self.sessions.values():
             if session.sock is None:
                 self._retry(session)
-        return sent
 
     def on_readable(self, session: Session, stamps_waiting: bool) -> None:
         """The session's socket has data, or (stamps_waiting) TX stamps on its error queue."""
@@ -156,58 +161,78 @@ class OrderGateway:
             self.on_readable(session, True)
 
     def send(self, raw: bytes) -> None:
+        self.submit(REQUEST.unpack(raw))
+
+    def submit(self, request: tuple) -> None:
+        """Send one OrderRequest (its fields); the bookkeeping follows the send."""
         (origin, _pub, client_id, md_seq, venue, _model, instrument, kind, side, tif, price, qty, target,
-         decided, kernel_rx) = REQUEST.unpack(raw)
+         decided, kernel_rx) = request
         session = self.sessions.get(venue)
         if session is None or session.sock is None:
             self.counts["requests for a venue that is down"] += 1
             return
-        if kind == ord("C"):
-            if session.orders == "fix":
-                self.counts["cancels not possible over FIX"] += 1
-                return
-            self._cancel(session, client_id, md_seq, target)
+        if kind == CANCEL_KIND:
+            self._cancel(session, client_id, md_seq, target, instrument, side, qty)
             return
-        wire_id = session.primed if session.primed is not None else self._new_wire_id(session)
-        session.to_overseer[wire_id] = (client_id, False, 0)
+        primed = session.primed
+        wire_id = primed if primed is not None else self._new_wire_id(session)
         if session.orders == "fix":
             message = self._fix_order(session, wire_id, md_seq, instrument, side, tif, price, qty)
-            prefix = FIX_PREFIX
+            data = message[FIX_PREFIX:] if primed is not None else message
+        elif primed is not None:
+            message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
+                                     session.account, wire_id, md_seq, instrument, side, tif, price, qty)
+            data = message[PREFIX:]
         else:
-            flags = wire.FLAG_PREFIX_EARLY if session.primed is not None else 0
-            message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, flags, session.account, wire_id,
-                                     md_seq, instrument, side, tif, price, qty)
-            prefix = PREFIX
-        data = message[prefix:] if session.primed is not None else message
+            data = message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, 0, session.account, wire_id,
+                                            md_seq, instrument, side, tif, price, qty)
         app_out = tsc()
         if not self._send(session, data):
             return
+        session.to_overseer[wire_id] = (client_id, False, 0)
         prefix_ns = session.prefix_tx_ns.pop(wire_id, 0)
+        prefix_end = None
+        if primed is not None and not prefix_ns:       # its stamp is still to come: telemetry takes it
+            prefix_end = session.primed_end
+            session.prefix_end.pop(prefix_end, None)
         self.telemetry.record(venue, session.sent - 1, (
             md_seq, venue, wire_id, kernel_rx, origin, decided, app_out, 0, prefix_ns, len(data),
-            len(message) - len(data)))
+            len(message) - len(data)), prefix_end)
         session.primed = session.primed_fix = None
         self.counts["orders"] += 1
         self._prime(session)
 
-    def _cancel(self, session: Session, request_id: int, md_seq: int, target: int) -> None:
+    def _cancel(self, session: Session, request_id: int, md_seq: int, target: int, instrument: int, side: int,
+                qty: int) -> None:
         target_wire = next((w for w, (oid, is_cancel, _) in session.to_overseer.items()
                             if oid == target and not is_cancel), None)
         if target_wire is None:
             self.counts["cancel of an unknown order"] += 1
             return
         if session.primed is not None:                 # complete the started message first
-            void = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
-                                  session.account, session.primed, 0, 0, 0, 0, 0, 0)
-            if not self._send(session, void[PREFIX:]):
+            if session.orders == "fix":                # quantity 0: the venue rejects it
+                void = self._fix_order(session, session.primed, 0, 0, 1, wire.IOC, 0, 0)[FIX_PREFIX:]
+            else:
+                void = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
+                                      session.account, session.primed, 0, 0, 0, 0, 0, 0)[PREFIX:]
+            if not self._send(session, void):
                 return
             session.prefix_tx_ns.pop(session.primed, None)
-            session.primed = None
+            session.prefix_end.pop(session.primed_end, None)
+            session.primed = session.primed_fix = None
             self.counts["voided"] += 1
         wire_id = self._new_wire_id(session)
         session.to_overseer[wire_id] = (request_id, True, target)
-        if self._send(session, CANCEL.pack(wire.CANCEL.size, wire.CANCEL_TYPE, 0, session.account, wire_id,
-                                           md_seq, target_wire)):
+        if session.orders == "fix":
+            now = time.time_ns()
+            message = fix.OrderCancelRequest(session.sender, session.target, session.fix_seq, now, session.account,
+                                             target_wire, wire_id, md_seq, f"{instrument:08d}", side or 1, qty,
+                                             now).encode()
+            session.fix_seq += 1
+        else:
+            message = CANCEL.pack(wire.CANCEL.size, wire.CANCEL_TYPE, 0, session.account, wire_id, md_seq,
+                                  target_wire)
+        if self._send(session, message):
             self.counts["cancels"] += 1
             self._prime(session)
 
@@ -234,8 +259,8 @@ class OrderGateway:
             prefix = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
                                     session.account, wire_id, 0, 0, 0, 0, 0, 0)[:PREFIX]
         if self._send(session, prefix):
-            session.primed = wire_id
-            session.prefix_end[session.sent - 1] = wire_id
+            session.primed, session.primed_end = wire_id, session.sent - 1
+            session.prefix_end[session.primed_end] = wire_id
 
     def _new_wire_id(self, session: Session) -> int:
         wire_id = session.next_wire_id
@@ -243,12 +268,13 @@ class OrderGateway:
         return wire_id
 
     def _send(self, session: Session, data: bytes) -> bool:
+        sock = session.sock
         try:
-            sent = session.sock.send(data)
+            sent = sock.send(data)
             if sent < len(data):                       # rare on loopback: finish it blocking
-                session.sock.setblocking(True)
-                session.sock.sendall(data[sent:])
-                session.sock.setblocking(False)
+                sock.setblocking(True)
+                sock.sendall(data[sent:])
+                sock.setblocking(False)
         except OSError:
             self._disconnected(session)
             return False
@@ -308,9 +334,13 @@ class OrderGateway:
             if not isinstance(report, fix.ExecutionReport):
                 self.counts["unexpected venue messages"] += 1
                 continue
-            oid = session.to_overseer.get(report.client_order_id, (0, False, 0))[0]
+            oid, is_cancel, target = session.to_overseer.get(report.client_order_id, (0, False, 0))
             kind = FIX_EXEC_KINDS[report.exec_type]
             self.counts["rejects"] += kind == "R"
+            if is_cancel:                              # about our cancel request: only "cancelled" matters
+                if kind == "X":
+                    self._account(now, target, report.order_id, session.venue, "X", 0, 0, 0, 0, rx_ns)
+                continue
             self._account(now, oid, report.order_id, session.venue, kind, report.side, report.last_price,
                           report.last_qty, report.leaves_qty, rx_ns)
         if frames.error:

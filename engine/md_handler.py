@@ -18,6 +18,8 @@ from engine.protocol import md
 HEADER = struct_of(md.HEADER)
 UPDATE = struct_of(md.UPDATE)
 TRADE = struct_of(md.TRADE)
+iter_updates = UPDATE.iter_unpack
+HEADER_SIZE, UPDATE_SIZE, TRADE_SIZE, SET = md.HEADER_SIZE, md.UPDATE_SIZE, md.TRADE_SIZE, md.SET
 MARKET_UPDATE_STRUCT = struct_of(MARKET_UPDATE)
 TIMING_STRUCT = struct_of(TIMING)
 PUBLISHER = ACTORS["md_handler"]
@@ -48,7 +50,20 @@ class MarketDataHandler:
         return self.handle(got[0], got[1] or 0, tsc())
 
     def handle(self, payload: bytes, kernel_rx_ns: int, app_in: int) -> int:
-        if len(payload) < md.HEADER_SIZE:
+        """Decode one datagram and publish its MarketUpdate. Returns 1, or 0 if it was dropped."""
+        update = self.decode(payload, kernel_rx_ns, app_in)
+        if update is None:
+            return 0
+        self.publish(update)
+        return 1
+
+    def decode(self, payload, kernel_rx_ns: int, app_in: int) -> tuple | None:
+        """Apply one datagram to its book: the MarketUpdate's fields, or None if it was dropped.
+
+        The publish stamp is taken here, where the update is handed on; single-process mode
+        hands it to the models directly and writes it to the queue after the order is sent.
+        """
+        if len(payload) < HEADER_SIZE:
             return self._drop("short datagram")
         (magic, version, msg_type, length, venue, seq, instrument, n_updates, n_trades,
          send_ts) = HEADER.unpack_from(payload)
@@ -56,38 +71,35 @@ class MarketDataHandler:
             return self._drop("unknown magic")
         if version != md.VERSION or msg_type != md.MSG_TYPE_MD:
             return self._drop("unknown version or type")
-        if length != len(payload) or md.md_length(n_updates, n_trades) != length:
+        if length != len(payload) or HEADER_SIZE + UPDATE_SIZE * n_updates + TRADE_SIZE * n_trades != length:
             return self._drop("length mismatch")
-        book = self.books[(venue, instrument)]
+        book = self.books[venue, instrument]
+        set_level = book.set_level
         try:
-            for i in range(n_updates):
-                side, action, price, qty = UPDATE.unpack_from(payload, md.HEADER_SIZE + i * md.UPDATE_SIZE)
-                book.set_level(side, price, qty if action == md.SET else 0)
+            for side, action, price, qty in iter_updates(payload[HEADER_SIZE:HEADER_SIZE + n_updates * UPDATE_SIZE]):
+                set_level(side, price, qty if action == SET else 0)
         except BookError:
             return self._drop("bad book update")
         trade_price = trade_qty = 0
         if n_trades:
-            trade_price, trade_qty, _ = TRADE.unpack_from(payload, md.md_length(n_updates, n_trades - 1))
+            trade_price, trade_qty, _ = TRADE.unpack_from(payload, length - TRADE_SIZE)
+        return (app_in, tsc(), kernel_rx_ns, seq, send_ts, venue, instrument, *book.top(), trade_price, trade_qty)
+
+    def publish(self, update: tuple) -> None:
+        """Put a decoded MarketUpdate on the md queue (and its stamp on the timing queue), and count it."""
+        app_in, published, _rx, seq, _send, venue, instrument = update[:7]
+        message_seq = self.updates.publish(MARKET_UPDATE_STRUCT.pack(*update))
+        if self.timing is not None:
+            self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, app_in, published, message_seq))
         feed = (venue, instrument)
         previous = self.last_seq.get(feed)
         if previous is not None and seq > previous + 1:
             self.gaps += seq - previous - 1
         self.last_seq[feed] = seq
-        bid = book.best_bid() or (0, 0)
-        ask = book.best_ask() or (0, 0)
-        published = tsc()
-        message_seq = self.updates.publish(MARKET_UPDATE_STRUCT.pack(
-            app_in, published, kernel_rx_ns, seq, send_ts, venue, instrument,
-            bid[0], bid[1], ask[0], ask[1], trade_price, trade_qty))
-        if self.timing is not None:
-            self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, app_in, published, message_seq))
         self.handled += 1
         if not self.first_app_in:
             self.first_app_in = app_in
         self.last_app_in = app_in
-        return 1
 
-
-    def _drop(self, reason: str) -> int:
+    def _drop(self, reason: str) -> None:
         self.dropped[reason] += 1
-        return 0

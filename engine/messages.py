@@ -2,7 +2,9 @@
 
 Every message starts with `origin_tsc` (the TSC stamp of the market data or
 venue event that caused it, copied onto everything it causes) and
-`publish_tsc` (when its publisher put it on a queue). Layouts are data, as in
+`publish_tsc` (when its publisher handed it on: in processes mode the queue
+write; in single-process mode the direct hand-over to the next actor, the
+queue write following once the order is sent). Layouts are data, as in
 engine.protocol; `struct_of(layout)` gives
 the struct.Struct that packs them on the hot path.
 """

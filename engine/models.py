@@ -7,8 +7,6 @@ functions of the updates they see, so a replay reproduces them exactly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from engine.clock import tsc
 from engine.messages import ACTORS, IDEAL_ORDER, KINDS, MARKET_UPDATE, TIMING, struct_of
 from engine.protocol.orders import BUY, DAY, IOC, SELL
@@ -21,40 +19,51 @@ KIND = KINDS["ideal_order"]
 FLAT = 0
 
 
-@dataclass
-class Wish:
-    side: int
-    price: int
-    qty: int
-    time_in_force: int
-
-
 class TradeModel:
-    """Subclasses implement decide(update fields) -> Wish | None (None: no change)."""
+    """Subclasses implement decide(update fields) -> wish or None (None: no change).
+
+    A wish is a tuple (side, price, qty, time_in_force); side FLAT means no order wanted.
+    """
     name = "model"
 
     def __init__(self, model_id: int, venue: int, instrument: int, slot: int):
         self.model_id, self.venue, self.instrument, self.slot = model_id, venue, instrument, slot
-        self.last: Wish | None = None
+        self.last: tuple | None = None
+        self.writes = 0                   # ideal orders published so far: the slot's version is 2 x this
 
     def on_update(self, raw: bytes, vector, timing=None) -> bool:
-        (origin, _pub, kernel_rx, md_seq, _send, venue, instrument, bid_px, bid_qty, ask_px, ask_qty,
-         trade_px, trade_qty) = UPDATE.unpack(raw)
-        if venue != self.venue or instrument != self.instrument:
+        """Take one MarketUpdate from the md queue; write the ideal order it causes, if any."""
+        update = UPDATE.unpack(raw)
+        if update[5] != self.venue or update[6] != self.instrument:
             return False
-        wish = self.decide(bid_px, bid_qty, ask_px, ask_qty, trade_px, trade_qty)
-        if wish is None or wish == self.last:
+        ideal = self.react(update)
+        if ideal is None:
             return False
-        self.last = wish
-        decided = tsc()
-        vector.write(self.slot, IDEAL.pack(origin, decided, md_seq, self.model_id, venue, instrument,
-                                           wish.side, wish.time_in_force, wish.price, wish.qty, decided,
-                                           kernel_rx))
-        if timing is not None:
-            timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, origin, decided, md_seq))
+        self.publish(ideal, vector, timing)
         return True
 
-    def decide(self, bid_px, bid_qty, ask_px, ask_qty, trade_px, trade_qty) -> Wish | None:
+    def react(self, update: tuple) -> tuple | None:
+        """The IdealOrder fields a MarketUpdate (its fields, for this model's instrument) makes the
+        model want, or None when its wish is unchanged. Each one returned must be published."""
+        (origin, _pub, kernel_rx, md_seq, _send, venue, instrument, bid_px, bid_qty, ask_px, ask_qty,
+         trade_px, trade_qty) = update
+        wish = self.decide(bid_px, bid_qty, ask_px, ask_qty, trade_px, trade_qty)
+        if wish is None or wish == self.last:
+            return None
+        self.last = wish
+        self.writes += 1
+        side, price, qty, time_in_force = wish
+        decided = tsc()
+        return (origin, decided, md_seq, self.model_id, venue, instrument, side, time_in_force, price, qty,
+                decided, kernel_rx)
+
+    def publish(self, ideal: tuple, vector, timing=None) -> None:
+        """Write an ideal order to the model's slot (and its stamp on the timing queue)."""
+        vector.write(self.slot, IDEAL.pack(*ideal))
+        if timing is not None:
+            timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, ideal[0], ideal[1], ideal[2]))
+
+    def decide(self, bid_px, bid_qty, ask_px, ask_qty, trade_px, trade_qty) -> tuple | None:
         raise NotImplementedError
 
 
@@ -68,8 +77,8 @@ class JoinTheTouch(TradeModel):
 
     def decide(self, bid_px, bid_qty, ask_px, ask_qty, trade_px, trade_qty):
         if not bid_px or not ask_px or ask_px - bid_px > self.max_spread:
-            return Wish(FLAT, 0, 0, DAY)
-        return Wish(BUY, bid_px, self.qty, DAY)
+            return FLAT, 0, 0, DAY
+        return BUY, bid_px, self.qty, DAY
 
 
 class ImbalanceTaker(TradeModel):
@@ -91,9 +100,9 @@ class ImbalanceTaker(TradeModel):
         self.last = None                  # every lopsided update is a fresh IOC, even if identical
         share = 100 * bid_qty
         if share >= self.threshold * total:
-            return Wish(BUY, ask_px, self.qty, IOC)
+            return BUY, ask_px, self.qty, IOC
         if share <= (100 - self.threshold) * total:
-            return Wish(SELL, bid_px, self.qty, IOC)
+            return SELL, bid_px, self.qty, IOC
         return None
 
 

@@ -68,6 +68,8 @@ class Overseer:
         # For the persistence log: a timing record each time an account update is taken in,
         # so a replay knows which updates the Overseer had before each of its decisions.
         self.record_applies = record_applies and timing is not None
+        self.direct = None            # single-process mode: the gateway's submit, called before the queue write
+        self.stale = False            # a slot's latest wish awaits a fresh look (an order of it settled)
 
     def account(self, venue: int) -> VenueAccount:
         account = self.accounts.get(venue)
@@ -76,22 +78,37 @@ class Overseer:
         return account
 
     # -- ideal orders -> requests ----------------------------------------------------------
-    def poll(self) -> int:
+    def poll(self, fresh: dict | None = None) -> int:
+        """Act on every slot whose ideal order changed.
+
+        `fresh` (single-process mode, where this process's models are the vector's only writers):
+        slot -> (writes, IdealOrder fields) the models just decided, taken instead of reading the
+        vector, which they write after the order is sent. Other slots then need a look only if
+        one of their orders settled (`stale`).
+        """
+        recheck = fresh is None or self.stale
+        self.stale = False
         acted = 0
         for slot in self.slots:
-            version = self.vector.version(slot)
-            if version == self.seen[slot] or version & 1:
+            if fresh and slot in fresh:
+                writes, ideal = fresh[slot]
+            elif not recheck:
                 continue
-            got = self.vector.read_bytes(slot)
-            if got is None:
-                continue
-            self.seen[slot] = 2 * got[0]
-            acted += self.evaluate(slot, got[1])
+            else:
+                version = self.vector.version(slot)
+                if version == self.seen[slot] or version & 1:
+                    continue
+                got = self.vector.read_bytes(slot)
+                if got is None:
+                    continue
+                writes, ideal = got[0], IDEAL.unpack(got[1])
+            self.seen[slot] = 2 * writes
+            acted += self.weigh(slot, ideal)
         return acted
 
-    def evaluate(self, slot: int, raw: bytes) -> int:
-        (origin, _pub, md_seq, model, venue, instrument, side, tif, price, qty, decided,
-         kernel_rx) = IDEAL.unpack(raw)
+    def weigh(self, slot: int, ideal: tuple) -> int:
+        """Send what closes the gap between a slot's ideal order (its fields) and its working order."""
+        (origin, _pub, md_seq, model, venue, instrument, side, tif, price, qty, decided, kernel_rx) = ideal
         cause = (origin, decided, kernel_rx)
         if tif == IOC:
             return self.new_order(cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) if side else 0
@@ -113,17 +130,17 @@ class Overseer:
             self.refused["order too large"] += 1
         elif account.open_orders >= limits.max_open_orders:
             self.refused["too many open orders"] += 1
-        elif abs(account.positions[instrument] + signed) > limits.max_position:
+        elif abs(account.positions.get(instrument, 0) + signed) > limits.max_position:
             self.refused["position limit"] += 1
         else:
-            order = Order(self.next_id, venue, instrument, slot, side, price, qty, tif)
+            client_order_id = self.next_id
             self.next_id += 1
-            self.orders[order.client_order_id] = order
+            self._publish(cause, client_order_id, md_seq, venue, model, instrument, b"N", side, tif, price, qty, 0)
+            order = Order(client_order_id, venue, instrument, slot, side, price, qty, tif)   # after the send
+            self.orders[client_order_id] = order
             if tif != IOC:
                 self.working[slot] = order
             account.open_orders += 1
-            self._publish(cause, order.client_order_id, md_seq, venue, model, instrument, b"N", side, tif,
-                          price, qty, 0)
             return 1
         return 0
 
@@ -139,9 +156,11 @@ class Overseer:
                  qty, target):
         origin, decided, kernel_rx = cause
         published = tsc()
-        seq = self.requests.publish(REQUEST.pack(origin, published, client_order_id, md_seq, venue, model,
-                                                 instrument, kind[0], side, tif, price, qty, target, decided,
-                                                 kernel_rx))
+        request = (origin, published, client_order_id, md_seq, venue, model, instrument, kind[0], side, tif,
+                   price, qty, target, decided, kernel_rx)
+        if self.direct is not None:
+            self.direct(request)                          # single-process mode: the gateway sends it now
+        seq = self.requests.publish(REQUEST.pack(*request))
         if self.timing is not None:
             self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, origin, published, seq))
         self.sent += 1
@@ -188,6 +207,7 @@ class Overseer:
         if self.working.get(order.slot) is order:
             del self.working[order.slot]
             self.seen[order.slot] = 0             # re-evaluate the slot's latest wish
+            self.stale = True
 
     def _venue_down(self, venue: int) -> None:
         self.account(venue).connected = False

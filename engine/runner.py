@@ -6,7 +6,10 @@ so observers (logger, `lab timekeeper`) can attach by name.
 
 Single-process mode (the default) polls every actor in one loop. On this
 2-core machine that wins: each extra spinning process competes with the venue,
-the capture and the kernel for the same two cores.
+the capture and the kernel for the same two cores. Its hot path hands each
+actor's output straight to the next (datagram -> book -> models of that
+instrument -> Overseer -> gateway send) and writes the queues and the vector
+after the send, so the logger, replay and the timekeeper still see every message.
 """
 from __future__ import annotations
 
@@ -18,16 +21,20 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 
 from engine.book import Books
-from engine.clock import calibrate
+from engine.clock import calibrate, tsc
 from engine.gateway import ORDER_FORMATS, STRATEGIES, OrderGateway, Session
 from engine.logger import LoggerProcess
 from engine.md_handler import MarketDataHandler
 from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST, TIMING
 from engine.models import MODELS
-from engine.net import udp_receiver
+from engine.net import recv_stamped, udp_receiver
 from engine.overseer import Overseer, RiskLimits
 from engine.queues import Queue, QueueError, SeqlockVector
 from engine.telemetry import TelemetryRecorder
+
+
+CLOCK_CHECK_EVERY = 256          # single-process passes between looks at the clock for duration_s
+FEED_BATCH = 64                  # datagrams read from one feed per pass
 
 
 class ConfigError(ValueError):
@@ -137,6 +144,9 @@ class Engine:
         for slot, m in enumerate(config.models):
             params = {k: v for k, v in m.items() if k not in ("type", "venue", "instrument")}
             self.models.append(MODELS[m["type"]](slot + 1, m["venue"], m["instrument"], slot, **params))
+        self.models_of: dict[tuple[int, int], list] = {}          # (venue, instrument) -> its models
+        for model in self.models:
+            self.models_of.setdefault((model.venue, model.instrument), []).append(model)
         self.overseer = Overseer(self.ideal, range(len(self.models)), orders_q.producer(), timing, config.risk,
                                  record_applies=bool(config.logger))
         self.account_updates = accounts_q.consumer()
@@ -145,6 +155,8 @@ class Engine:
                                      for v in config.venues],
                                     orders_q.consumer(), accounts_q.producer(), self.telemetry, config.strategy)
         self.timing = timing
+        if config.mode == "single":
+            self.overseer.direct = self.gateway.submit
         self.calibration = None
         self.stopping = False
         # One epoll for every socket: a pass costs one syscall when nothing is waiting.
@@ -165,19 +177,45 @@ class Engine:
         del self.readers[session.sock.fileno()]
 
     def step(self) -> None:
-        """One pass over every actor: sockets that are ready, then the queues."""
+        """One single-process pass: sockets that are ready, then the Overseer if it has news."""
         for fd, events in self.poller.poll(0):
             reader = self.readers.get(fd)
             if isinstance(reader, Session):
                 self.gateway.on_readable(reader, bool(events & select.EPOLLERR))
             elif reader is not None:
-                self.md.read(reader)
-        self.run_models()
-        self.run_overseer()
-        self.gateway.poll()
+                self.read_feed(reader)
+        if self.overseer.stale or self.account_updates.seq != self.gateway.accounts.seq:
+            self.run_overseer()
+        self.gateway.retry_down()
+
+    def read_feed(self, sock) -> None:
+        """The datagrams waiting on a feed socket (at most FEED_BATCH, so that the venue's replies
+        are not starved by a flood), each straight through to the gateway."""
+        for _ in range(FEED_BATCH):
+            got = recv_stamped(sock)
+            if got is None:
+                return
+            app_in = tsc()
+            self.on_datagram(got[0], got[1] or 0, app_in)
+
+    def on_datagram(self, payload, kernel_rx_ns: int, app_in: int) -> None:
+        """The hot path of single-process mode; the queue and vector writes follow the send."""
+        update = self.md.decode(payload, kernel_rx_ns, app_in)
+        if update is None:
+            return
+        fresh = {}
+        for model in self.models_of.get((update[5], update[6]), ()):
+            ideal = model.react(update)
+            if ideal is not None:
+                fresh[model.slot] = (model.writes, ideal)
+        if fresh:
+            self.overseer.poll(fresh)                 # sends through gateway.submit
+        self.md.publish(update)
+        for slot, (_writes, ideal) in fresh.items():
+            self.models[slot].publish(ideal, self.ideal, self.timing)
 
     def run_models(self) -> int:
-        """Every waiting MarketUpdate through every trade model. Returns updates taken."""
+        """Processes mode: every waiting MarketUpdate through every trade model. Returns updates taken."""
         done = 0
         while (update := self.md_updates.poll_bytes()) is not None:
             for model in self.models:
@@ -210,15 +248,17 @@ class Engine:
             from engine.processes import run_processes
             return run_processes(self, self.config.wait, self.config.cpus)
         self.gateway.connect_all()
-        start = time.monotonic()
-        limit = self.config.duration_s
+        limit, max_orders, counts = self.config.duration_s, self.config.max_orders, self.gateway.counts
+        deadline = None if limit is None else time.monotonic() + limit
+        passes = 0
         previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         try:
             while not self.stopping and not self.gateway.failed:
                 self.step()
-                if limit is not None and time.monotonic() - start >= limit:
+                passes += 1
+                if deadline is not None and passes % CLOCK_CHECK_EVERY == 0 and time.monotonic() >= deadline:
                     break
-                if self.config.max_orders is not None and self.gateway.counts["orders"] >= self.config.max_orders:
+                if max_orders is not None and counts["orders"] >= max_orders:
                     break
         except KeyboardInterrupt:
             pass

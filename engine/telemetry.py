@@ -36,21 +36,31 @@ ORDER_ROW = np.dtype([
 NS_COLUMNS = ("app_in", "decision", "app_out")
 
 
+TX_COLUMN = ORDER_ROW.names.index("kernel_tx_ns")
+PREFIX_TX_COLUMN = ORDER_ROW.names.index("prefix_kernel_tx_ns")
+
+
 class TelemetryRecorder:
     def __init__(self):
         self.rows: list[tuple] = []
-        self.pending: dict[tuple[int, int], int] = {}    # (venue, stream end offset) -> row index
+        self.pending: dict[tuple[int, int], tuple[int, int]] = {}   # (venue, stream end offset) -> (row, column)
 
-    def record(self, venue: int, end_offset: int, row: tuple) -> None:
-        self.pending[(venue, end_offset)] = len(self.rows)
+    def record(self, venue: int, end_offset: int, row: tuple, prefix_end: int | None = None) -> None:
+        """One order's row; its TX stamp comes later. `prefix_end`: the end offset of its primed
+        prefix, when that prefix's TX stamp has not come back yet either."""
+        index = len(self.rows)
+        self.pending[(venue, end_offset)] = (index, TX_COLUMN)
+        if prefix_end is not None:
+            self.pending[(venue, prefix_end)] = (index, PREFIX_TX_COLUMN)
         self.rows.append(row)
 
     def tx_stamp(self, venue: int, end_offset: int, kernel_tx_ns: int) -> bool:
-        index = self.pending.pop((venue, end_offset), None)
-        if index is None:
+        found = self.pending.pop((venue, end_offset), None)
+        if found is None:
             return False
+        index, column = found
         row = list(self.rows[index])
-        row[ORDER_ROW.names.index("kernel_tx_ns")] = kernel_tx_ns
+        row[column] = kernel_tx_ns
         self.rows[index] = tuple(row)
         return True
 

@@ -1,4 +1,5 @@
-"""FIX 4.2 NewOrderSingle (35=D) and ExecutionReport (35=8) with fixed-width values.
+"""FIX 4.2 NewOrderSingle (35=D), OrderCancelRequest (35=F) and ExecutionReport (35=8) with
+fixed-width values.
 
 Every value has a fixed width (numbers zero-padded, ids of fixed length,
 timestamps to the millisecond), so every message of a type has the same length
@@ -135,6 +136,16 @@ NEW_ORDER_SINGLE = FixLayout("NewOrderSingle", b"D", [
     FixField(44, "price", "price", 19),
     FixField(60, "transact_time_ns", "time", 21),
 ], prefix_until=59)
+ORDER_CANCEL_REQUEST = FixLayout("OrderCancelRequest", b"F", [
+    FixField(1, "account", "int", 10),
+    FixField(41, "orig_client_order_id", "int", ID_WIDTH),   # the order to cancel
+    FixField(11, "client_order_id", "int", ID_WIDTH),        # this request's own id
+    FixField(TRIGGER_SEQ_TAG, "trigger_seq", "int", ID_WIDTH),
+    FixField(55, "symbol", "str", SYMBOL_WIDTH),
+    FixField(54, "side", "int", 1),                  # the order's side
+    FixField(38, "qty", "int", 10),                  # the order's quantity
+    FixField(60, "transact_time_ns", "time", 21),
+], prefix_until=None)
 EXECUTION_REPORT = FixLayout("ExecutionReport", b"8", [
     FixField(37, "order_id", "int", ID_WIDTH),
     FixField(11, "client_order_id", "int", ID_WIDTH),
@@ -152,11 +163,12 @@ EXECUTION_REPORT = FixLayout("ExecutionReport", b"8", [
     FixField(6, "avg_price", "price", 19),
     FixField(60, "transact_time_ns", "time", 21),
 ], prefix_until=None)
-LAYOUTS = {b"D": NEW_ORDER_SINGLE, b"8": EXECUTION_REPORT}
+LAYOUTS = {b"D": NEW_ORDER_SINGLE, b"F": ORDER_CANCEL_REQUEST, b"8": EXECUTION_REPORT}
 
 NEW_ORDER_SINGLE_SIZE = NEW_ORDER_SINGLE.size
 NEW_ORDER_SINGLE_PREFIX_BYTES = NEW_ORDER_SINGLE.prefix_bytes
 NEW_ORDER_SINGLE_TRIGGER_SEQ_OFFSET = NEW_ORDER_SINGLE.value_offset["trigger_seq"]
+ORDER_CANCEL_REQUEST_SIZE = ORDER_CANCEL_REQUEST.size
 EXECUTION_REPORT_SIZE = EXECUTION_REPORT.size
 EXEC_TYPES = (b"0", b"1", b"2", b"4", b"8")
 
@@ -190,6 +202,27 @@ class NewOrderSingle:
 
 
 @dataclass(frozen=True)
+class OrderCancelRequest:
+    sender: str
+    target: str
+    msg_seq_num: int
+    sending_time_ns: int
+    account: int
+    orig_client_order_id: int     # the order to cancel
+    client_order_id: int          # the cancel request's own id
+    trigger_seq: int
+    symbol: str
+    side: int                     # the order's side, 1 buy, 2 sell
+    qty: int                      # the order's quantity
+    transact_time_ns: int
+
+    def encode(self) -> bytes:
+        if self.side not in (1, 2):
+            raise ProtocolError(f"side {self.side} is not 1 (buy) or 2 (sell)")
+        return _encode(ORDER_CANCEL_REQUEST, self)
+
+
+@dataclass(frozen=True)
 class ExecutionReport:
     sender: str
     target: str
@@ -217,7 +250,7 @@ class ExecutionReport:
         return _encode(EXECUTION_REPORT, self)
 
 
-MESSAGE_CLASSES = {b"D": NewOrderSingle, b"8": ExecutionReport}
+MESSAGE_CLASSES = {b"D": NewOrderSingle, b"F": OrderCancelRequest, b"8": ExecutionReport}
 
 
 def _format_value(field: FixField, value) -> bytes:
@@ -293,13 +326,13 @@ def parse_fix(buf) -> list[tuple[int, bytes]]:
     return pairs
 
 
-def decode_fix(buf) -> NewOrderSingle | ExecutionReport:
-    """Decode one NewOrderSingle or ExecutionReport in this module's fixed layout."""
+def decode_fix(buf) -> NewOrderSingle | OrderCancelRequest | ExecutionReport:
+    """Decode one NewOrderSingle, OrderCancelRequest or ExecutionReport in this module's fixed layout."""
     pairs = parse_fix(buf)
     msg_type = pairs[2][1] if len(pairs) > 2 and pairs[2][0] == 35 else None
     layout = LAYOUTS.get(msg_type)
     if layout is None:
-        raise ProtocolError(f"unsupported FIX MsgType {msg_type!r}; expected D or 8")
+        raise ProtocolError(f"unsupported FIX MsgType {msg_type!r}; expected D, F or 8")
     if [tag for tag, _ in pairs] != [f.tag for f in layout.fields]:
         raise ProtocolError(f"FIX {layout.name} fields are not the fixed layout's "
                             f"{[f.tag for f in layout.fields]}")
@@ -363,7 +396,7 @@ def decode_fix_messages(data, offsets, msg_type: bytes = b"D") -> np.ndarray:
     """
     layout = LAYOUTS.get(msg_type)
     if layout is None:
-        raise ProtocolError(f"unsupported FIX MsgType {msg_type!r}; expected D or 8")
+        raise ProtocolError(f"unsupported FIX MsgType {msg_type!r}; expected D, F or 8")
     offsets = np.asarray(offsets, np.int64)
     out = np.zeros(offsets.size, layout.dtype)
     for first in range(0, offsets.size, _CACHE_ROWS):
@@ -544,7 +577,7 @@ def encode_fix_batch(msg_type: bytes, count: int, **values) -> np.ndarray:
     """
     layout = LAYOUTS.get(msg_type)
     if layout is None:
-        raise ProtocolError(f"unsupported FIX MsgType {msg_type!r}; expected D or 8")
+        raise ProtocolError(f"unsupported FIX MsgType {msg_type!r}; expected D, F or 8")
     missing = [f.name for f in layout.fields
                if f.kind not in ("const", "length", "checksum") and f.name not in values]
     if missing:

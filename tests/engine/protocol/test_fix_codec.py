@@ -10,9 +10,11 @@ from engine.protocol.fix import (
     NEW_ORDER_SINGLE_PREFIX_BYTES,
     NEW_ORDER_SINGLE_SIZE,
     NEW_ORDER_SINGLE_TRIGGER_SEQ_OFFSET,
+    ORDER_CANCEL_REQUEST_SIZE,
     TRIGGER_SEQ_TAG,
     ExecutionReport,
     NewOrderSingle,
+    OrderCancelRequest,
     decode_fix,
     decode_fix_messages,
     fix_tag_values,
@@ -37,6 +39,16 @@ def random_new_order(rng) -> NewOrderSingle:
         qty=int(rng.integers(0, 10**10)), price=int(rng.integers(0, 10**18)),
         transact_time_ns=int(rng.integers(EPOCH_2000, EPOCH_2100)) // MS * MS,
         time_in_force=int(rng.choice([0, 3])))
+
+
+def random_cancel(rng) -> OrderCancelRequest:
+    ids = [int(x) for x in rng.integers(0, 10**18, 3)]
+    return OrderCancelRequest(
+        sender=comp_id(rng), target=comp_id(rng), msg_seq_num=int(rng.integers(1, 10**9)),
+        sending_time_ns=int(rng.integers(EPOCH_2000, EPOCH_2100)) // MS * MS,
+        account=int(rng.integers(0, 10**10)), orig_client_order_id=ids[0], client_order_id=ids[1],
+        trigger_seq=ids[2], symbol=comp_id(rng), side=int(rng.integers(1, 3)), qty=int(rng.integers(0, 10**10)),
+        transact_time_ns=int(rng.integers(EPOCH_2000, EPOCH_2100)) // MS * MS)
 
 
 def random_report(rng) -> ExecutionReport:
@@ -70,7 +82,7 @@ def simplefix_encode(pairs) -> bytes:
     return message.encode()
 
 
-@pytest.mark.parametrize("make", [random_new_order, random_report])
+@pytest.mark.parametrize("make", [random_new_order, random_cancel, random_report])
 def test_encoding_agrees_with_simplefix(make):
     rng = np.random.default_rng(8)
     for _ in range(200):
@@ -89,8 +101,10 @@ def test_every_message_of_a_type_has_the_same_length_and_offsets():
     rng = np.random.default_rng(9)
     orders = [random_new_order(rng).encode() for _ in range(100)]
     reports = [random_report(rng).encode() for _ in range(100)]
+    cancels = [random_cancel(rng).encode() for _ in range(100)]
     assert {len(w) for w in orders} == {NEW_ORDER_SINGLE_SIZE}
     assert {len(w) for w in reports} == {EXECUTION_REPORT_SIZE}
+    assert {len(w) for w in cancels} == {ORDER_CANCEL_REQUEST_SIZE}
     for wire in orders:
         fields = dict(simplefix_fields(wire))
         seq = wire[NEW_ORDER_SINGLE_TRIGGER_SEQ_OFFSET:].split(b"\x01")[0]
@@ -216,7 +230,7 @@ def as_columns(messages) -> dict:
 
 def test_batch_encoding_equals_one_at_a_time():
     rng = np.random.default_rng(17)
-    for msg_type, make in ((b"D", random_new_order), (b"8", random_report)):
+    for msg_type, make in ((b"D", random_new_order), (b"F", random_cancel), (b"8", random_report)):
         messages = [make(rng) for _ in range(50)]
         batch = fix.encode_fix_batch(msg_type, len(messages), **as_columns(messages))
         assert [row.tobytes() for row in batch] == [m.encode() for m in messages]
