@@ -6,6 +6,11 @@
  *  - Seqlock slot write and read. Done in C because the hot path publishes and polls
  *    one message per call: a Python-level numpy copy plus version stores costs
  *    microseconds per message, this costs well under one.
+ *  - RingWriter / RingReader: a whole publish and a whole poll (version check, copy,
+ *    re-check, sped-past recovery) in one C call each; engine.queues' Producer and
+ *    Consumer subclass them. RingReader.wait_bytes spins in C for the next message.
+ *  - SeqlockVector write and read (retrying until a whole value is copied), one call each.
+ *  - The latency floor probe: store_tsc, spin_until_changed, spin_ticks.
  *
  * Slot layout: [u64 version][payload]. For message number s in a ring of N slots,
  * lap = s / N; a writer moves the version to 2*lap+1 while writing and to 2*lap+2 when
@@ -16,6 +21,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -27,6 +33,7 @@ static inline uint64_t tsc_now(void) {
     unsigned int aux;
     return __rdtscp(&aux);
 }
+static inline void cpu_relax(void) { _mm_pause(); }
 #else
 #define WIRELAB_HAS_RDTSCP 0
 static inline uint64_t tsc_now(void) {
@@ -34,6 +41,7 @@ static inline uint64_t tsc_now(void) {
     clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+static inline void cpu_relax(void) {}
 #endif
 
 enum { READ_OK = 0, READ_NOT_READY = 1, READ_SPED_PAST = 2 };
@@ -102,6 +110,26 @@ static PyObject *py_fetch_add(PyObject *self, PyObject *const *args, Py_ssize_t 
     return PyLong_FromUnsignedLongLong(__atomic_fetch_add(word, value, __ATOMIC_ACQ_REL));
 }
 
+/* Write one message into its slot (version = 2*lap+1 while writing, 2*lap+2 after).
+ * Returns 0 without writing if a later lap already owns the slot (MPMC wrap). */
+static int slot_write(uint64_t *version, uint64_t lap, const char *data, size_t size) {
+    uint64_t writing = 2 * lap + 1;
+    uint64_t current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (current >= writing) return 0;                 /* lapped: a newer message owns it */
+        if (current & 1) {                                /* another producer mid-write (wrap) */
+            current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
+            continue;
+        }
+        if (__atomic_compare_exchange_n(version, &current, writing, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            break;
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(version + 1, data, size);
+    __atomic_store_n(version, writing + 1, __ATOMIC_RELEASE);
+    return 1;
+}
+
 /* seqlock_write(slot_address, lap, payload: bytes) -> False if a later lap owns the slot */
 static PyObject *py_seqlock_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t *version, lap;
@@ -111,21 +139,8 @@ static PyObject *py_seqlock_write(PyObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_TypeError, "payload must be bytes");
         return NULL;
     }
-    uint64_t writing = 2 * lap + 1;
-    uint64_t current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
-    for (;;) {
-        if (current >= writing) Py_RETURN_FALSE;          /* lapped: a newer message owns it */
-        if (current & 1) {                                /* another producer mid-write (wrap) */
-            current = __atomic_load_n(version, __ATOMIC_ACQUIRE);
-            continue;
-        }
-        if (__atomic_compare_exchange_n(version, &current, writing, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            break;
-    }
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    memcpy(version + 1, PyBytes_AS_STRING(args[2]), (size_t)PyBytes_GET_SIZE(args[2]));
-    __atomic_store_n(version, writing + 1, __ATOMIC_RELEASE);
-    Py_RETURN_TRUE;
+    if (slot_write(version, lap, PyBytes_AS_STRING(args[2]), (size_t)PyBytes_GET_SIZE(args[2]))) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
 }
 
 /* seqlock_read(slot_address, expected_version, size) -> bytes, or READ_NOT_READY / READ_SPED_PAST */
@@ -147,6 +162,297 @@ static PyObject *py_seqlock_read(PyObject *self, PyObject *const *args, Py_ssize
     return copy;
 }
 
+/* vector_write(slot_address, payload: bytes): the next value of a SeqlockVector key (one writer per key) */
+static PyObject *py_vector_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *version;
+    if (!check_nargs(nargs, 2, "vector_write") || !address_arg(args[0], &version)) return NULL;
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "payload must be bytes");
+        return NULL;
+    }
+    slot_write(version, __atomic_load_n(version, __ATOMIC_ACQUIRE) / 2, PyBytes_AS_STRING(args[1]),
+               (size_t)PyBytes_GET_SIZE(args[1]));
+    Py_RETURN_NONE;
+}
+
+/* vector_read(slot_address, size) -> (writes so far, bytes) of the latest whole value, or None if never written */
+static PyObject *py_vector_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *version, size;
+    if (!check_nargs(nargs, 2, "vector_read") || !address_arg(args[0], &version) || !u64_arg(args[1], &size))
+        return NULL;
+    for (;;) {
+        uint64_t seen = __atomic_load_n(version, __ATOMIC_ACQUIRE);
+        if (seen == 0) Py_RETURN_NONE;
+        if (seen & 1) {                                   /* being written */
+            cpu_relax();
+            continue;
+        }
+        PyObject *copy = PyBytes_FromStringAndSize((const char *)(version + 1), (Py_ssize_t)size);
+        if (!copy) return NULL;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(version, __ATOMIC_RELAXED) == seen)
+            return Py_BuildValue("(KN)", (unsigned long long)(seen / 2), copy);
+        Py_DECREF(copy);                                  /* overwritten while copying: again */
+    }
+}
+
+/* -- latency floor probe ---------------------------------------------------------------- */
+
+/* store_tsc(address) -> the TSC count it stored (release) at address */
+static PyObject *py_store_tsc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *word;
+    if (!check_nargs(nargs, 1, "store_tsc") || !address_arg(args[0], &word)) return NULL;
+    uint64_t now = tsc_now();
+    __atomic_store_n(word, now, __ATOMIC_RELEASE);
+    return PyLong_FromUnsignedLongLong(now);
+}
+
+/* spin_until_changed(address, old, spins) -> (new value, TSC when seen), or None after spins looks */
+static PyObject *py_spin_until_changed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t *word, old, spins;
+    if (!check_nargs(nargs, 3, "spin_until_changed") || !address_arg(args[0], &word) || !u64_arg(args[1], &old) ||
+        !u64_arg(args[2], &spins))
+        return NULL;
+    for (; spins; spins--) {
+        uint64_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (seen != old) {
+            uint64_t now = tsc_now();
+            return Py_BuildValue("(KK)", (unsigned long long)seen, (unsigned long long)now);
+        }
+        cpu_relax();
+    }
+    Py_RETURN_NONE;
+}
+
+/* spin_ticks(ticks): busy-wait until the TSC has advanced by ticks. Keeps the core (and its
+ * caches) busy, unlike a sleep; releases the GIL so the caller's other threads can run. */
+static PyObject *py_spin_ticks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t ticks;
+    if (!check_nargs(nargs, 1, "spin_ticks") || !u64_arg(args[0], &ticks)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t until = tsc_now() + ticks;
+    while (tsc_now() < until) cpu_relax();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* -- RingWriter and RingReader: one queue's geometry plus a producer's or consumer's state -- */
+
+typedef struct {
+    uint64_t *head;           /* next sequence number to claim */
+    char *slots;
+    uint64_t mask, stride, payload_size;
+    int lap_shift;            /* log2(capacity) */
+} Ring;
+
+static int ring_init(Ring *ring, unsigned long long head, unsigned long long slots, unsigned long long capacity,
+                     unsigned long long stride, unsigned long long payload_size) {
+    if (!head || head % 8 || !slots || slots % 8 || !capacity || capacity & (capacity - 1) || stride % 8 ||
+        stride < payload_size + 8) {
+        PyErr_SetString(PyExc_ValueError, "bad ring geometry");
+        return -1;
+    }
+    ring->head = (uint64_t *)(uintptr_t)head;
+    ring->slots = (char *)(uintptr_t)slots;
+    ring->mask = capacity - 1;
+    ring->stride = stride;
+    ring->payload_size = payload_size;
+    ring->lap_shift = __builtin_ctzll(capacity);
+    return 0;
+}
+
+static inline uint64_t *ring_slot(const Ring *ring, uint64_t seq) {
+    return (uint64_t *)(ring->slots + (seq & ring->mask) * ring->stride);
+}
+
+typedef struct {
+    PyObject_HEAD
+    Ring ring;
+    unsigned long long seq;       /* SPMC: the next sequence number */
+    unsigned long long lapped;    /* MPMC: messages dropped because a later lap took the slot */
+    char shared;                  /* MPMC: claim sequence numbers with fetch-add on the head */
+} RingWriter;
+
+static int writer_init(RingWriter *w, PyObject *args, PyObject *kwds) {
+    unsigned long long head, slots, capacity, stride, payload_size, seq;
+    int shared;
+    if (!PyArg_ParseTuple(args, "KKKKKpK:RingWriter", &head, &slots, &capacity, &stride, &payload_size, &shared,
+                          &seq))
+        return -1;
+    w->shared = (char)shared;
+    w->seq = seq;
+    w->lapped = 0;
+    return ring_init(&w->ring, head, slots, capacity, stride, payload_size);
+}
+
+/* publish(payload) -> sequence number. Bytes go straight in; anything else is first
+ * converted by the subclass's _as_bytes(payload). */
+static PyObject *writer_publish(RingWriter *w, PyObject *payload) {
+    PyObject *converted = NULL;
+    if (!PyBytes_CheckExact(payload)) {
+        converted = PyObject_CallMethod((PyObject *)w, "_as_bytes", "O", payload);
+        if (!converted) return NULL;
+        if (!PyBytes_Check(converted)) {
+            Py_DECREF(converted);
+            PyErr_SetString(PyExc_TypeError, "_as_bytes must return bytes");
+            return NULL;
+        }
+        payload = converted;
+    }
+    Ring *ring = &w->ring;
+    if ((uint64_t)PyBytes_GET_SIZE(payload) != ring->payload_size) {
+        PyErr_Format(PyExc_ValueError, "message is %zd bytes; the queue's dtype is %llu", PyBytes_GET_SIZE(payload),
+                     (unsigned long long)ring->payload_size);
+        Py_XDECREF(converted);
+        return NULL;
+    }
+    uint64_t seq = w->shared ? __atomic_fetch_add(ring->head, 1, __ATOMIC_ACQ_REL) : w->seq++;
+    if (!slot_write(ring_slot(ring, seq), seq >> ring->lap_shift, PyBytes_AS_STRING(payload), ring->payload_size))
+        w->lapped++;
+    if (!w->shared) __atomic_store_n(ring->head, w->seq, __ATOMIC_RELEASE);
+    Py_XDECREF(converted);
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+static PyMethodDef writer_methods[] = {
+    {"publish", (PyCFunction)writer_publish, METH_O,
+     "publish(payload) -> sequence number; bytes of the payload size, or whatever _as_bytes converts"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef writer_members[] = {
+    {"seq", T_ULONGLONG, offsetof(RingWriter, seq), 0, "SPMC: the next sequence number"},
+    {"lapped", T_ULONGLONG, offsetof(RingWriter, lapped), 0, "MPMC: messages dropped, their slot taken by a later lap"},
+    {"shared", T_BOOL, offsetof(RingWriter, shared), READONLY, "MPMC producer"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RingWriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._native.RingWriter",
+    .tp_doc = "RingWriter(head_address, slots_address, capacity, stride, payload_size, shared, seq)",
+    .tp_basicsize = sizeof(RingWriter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)writer_init,
+    .tp_methods = writer_methods,
+    .tp_members = writer_members,
+};
+
+typedef struct {
+    PyObject_HEAD
+    Ring ring;
+    unsigned long long seq;       /* the next message to read */
+    unsigned long long missed;    /* messages skipped after being sped past */
+} RingReader;
+
+static int reader_init(RingReader *r, PyObject *args, PyObject *kwds) {
+    unsigned long long head, slots, capacity, stride, payload_size, seq;
+    if (!PyArg_ParseTuple(args, "KKKKKK:RingReader", &head, &slots, &capacity, &stride, &payload_size, &seq))
+        return -1;
+    r->seq = seq;
+    r->missed = 0;
+    return ring_init(&r->ring, head, slots, capacity, stride, payload_size);
+}
+
+static inline uint64_t expected_version(const RingReader *r) {
+    return 2 * (r->seq >> r->ring.lap_shift) + 2;
+}
+
+/* Sped past: jump to the oldest message that is still in the ring. */
+static void reader_recover(RingReader *r) {
+    uint64_t head = __atomic_load_n(r->ring.head, __ATOMIC_ACQUIRE);
+    uint64_t capacity = r->ring.mask + 1;
+    uint64_t oldest = r->seq + 1;
+    if (head + 1 > capacity && head + 1 - capacity > oldest) oldest = head + 1 - capacity;
+    r->missed += oldest - r->seq;
+    r->seq = oldest;
+}
+
+/* One look at the next slot: its bytes (seq advanced), or NULL with *status READ_NOT_READY,
+ * READ_SPED_PAST (recovered; also for a copy torn by an overwrite) or -1 (exception). */
+static PyObject *reader_take(RingReader *r, int *status) {
+    uint64_t *version = ring_slot(&r->ring, r->seq);
+    uint64_t expected = expected_version(r);
+    uint64_t seen = __atomic_load_n(version, __ATOMIC_ACQUIRE);
+    if (seen < expected) {
+        *status = READ_NOT_READY;
+        return NULL;
+    }
+    if (seen == expected) {
+        PyObject *copy = PyBytes_FromStringAndSize((const char *)(version + 1), (Py_ssize_t)r->ring.payload_size);
+        if (!copy) {
+            *status = -1;
+            return NULL;
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(version, __ATOMIC_RELAXED) == seen) {
+            r->seq++;
+            *status = READ_OK;
+            return copy;
+        }
+        Py_DECREF(copy);
+    }
+    reader_recover(r);
+    *status = READ_SPED_PAST;
+    return NULL;
+}
+
+/* poll_bytes() -> the next message's bytes, or None when there is none yet */
+static PyObject *reader_poll_bytes(RingReader *r, PyObject *noargs) {
+    int status;
+    PyObject *got = reader_take(r, &status);
+    if (got || status < 0) return got;
+    Py_RETURN_NONE;
+}
+
+/* wait_bytes(spins) -> the next message's bytes, or None after spins looks. Spins in C
+ * holding the GIL: for a consumer that owns a core. */
+static PyObject *reader_wait_bytes(RingReader *r, PyObject *arg) {
+    uint64_t spins;
+    if (!u64_arg(arg, &spins)) return NULL;
+    for (;;) {
+        uint64_t *version = ring_slot(&r->ring, r->seq);
+        uint64_t expected = expected_version(r);
+        while (__atomic_load_n(version, __ATOMIC_ACQUIRE) < expected) {
+            if (spins == 0) Py_RETURN_NONE;
+            spins--;
+            cpu_relax();
+        }
+        int status;
+        PyObject *got = reader_take(r, &status);
+        if (got || status < 0) return got;
+        if (spins == 0) Py_RETURN_NONE;                  /* sped past, recovered: keep waiting */
+        spins--;
+    }
+}
+
+static PyMethodDef reader_methods[] = {
+    {"poll_bytes", (PyCFunction)reader_poll_bytes, METH_NOARGS,
+     "poll_bytes() -> the next message's bytes, or None when there is none yet"},
+    {"wait_bytes", (PyCFunction)reader_wait_bytes, METH_O,
+     "wait_bytes(spins) -> the next message's bytes, or None after spins looks (spins in C)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef reader_members[] = {
+    {"seq", T_ULONGLONG, offsetof(RingReader, seq), 0, "the next message to read"},
+    {"missed", T_ULONGLONG, offsetof(RingReader, missed), 0, "messages skipped after being sped past"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RingReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine._native.RingReader",
+    .tp_doc = "RingReader(head_address, slots_address, capacity, stride, payload_size, seq)",
+    .tp_basicsize = sizeof(RingReader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)reader_init,
+    .tp_methods = reader_methods,
+    .tp_members = reader_members,
+};
+
 static PyMethodDef methods[] = {
     {"rdtscp", py_rdtscp, METH_NOARGS, "Time-stamp counter (rdtscp); CLOCK_MONOTONIC_RAW ns off x86-64."},
     {"paired_sample", py_paired_sample, METH_NOARGS,
@@ -159,14 +465,32 @@ static PyMethodDef methods[] = {
      "seqlock_write(slot_address, lap, payload) -> False if lapped"},
     {"seqlock_read", (PyCFunction)(void (*)(void))py_seqlock_read, METH_FASTCALL,
      "seqlock_read(slot_address, expected_version, size) -> bytes, or a status int"},
+    {"vector_write", (PyCFunction)(void (*)(void))py_vector_write, METH_FASTCALL,
+     "vector_write(slot_address, payload): the next value of a SeqlockVector key"},
+    {"vector_read", (PyCFunction)(void (*)(void))py_vector_read, METH_FASTCALL,
+     "vector_read(slot_address, size) -> (writes so far, bytes), or None if never written"},
+    {"store_tsc", (PyCFunction)(void (*)(void))py_store_tsc, METH_FASTCALL,
+     "store_tsc(address) -> the TSC count it stored at address"},
+    {"spin_until_changed", (PyCFunction)(void (*)(void))py_spin_until_changed, METH_FASTCALL,
+     "spin_until_changed(address, old, spins) -> (new value, TSC when seen), or None"},
+    {"spin_ticks", (PyCFunction)(void (*)(void))py_spin_ticks, METH_FASTCALL,
+     "spin_ticks(ticks): busy-wait, without the GIL, until the TSC has advanced by ticks"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&RingWriterType) < 0 || PyType_Ready(&RingReaderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    Py_INCREF(&RingWriterType);
+    Py_INCREF(&RingReaderType);
+    if (PyModule_AddObject(m, "RingWriter", (PyObject *)&RingWriterType) < 0 ||
+        PyModule_AddObject(m, "RingReader", (PyObject *)&RingReaderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     PyModule_AddIntConstant(m, "HAS_RDTSCP", WIRELAB_HAS_RDTSCP);
     PyModule_AddIntConstant(m, "READ_OK", READ_OK);
     PyModule_AddIntConstant(m, "READ_NOT_READY", READ_NOT_READY);

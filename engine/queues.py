@@ -12,6 +12,10 @@ a whole value.
 
 Any process can attach by name and read, which is how observers work.
 
+Producer and Consumer subclass engine._native's RingWriter and RingReader: a whole
+publish, and a whole poll (version check, copy, re-check, sped-past recovery), is one
+C call. Consumer.wait_bytes(spins) spins in C for the next message.
+
 Segment layout (all little-endian u64): 0 magic, 8 capacity, 16 slot stride,
 24 payload size, 32 dtype fingerprint, 64 head (next sequence number, on its own
 cache line); slots from 128, each [u64 version][payload], 64-byte aligned.
@@ -140,65 +144,41 @@ class Queue(_Segment):
         return Consumer(self, 0 if from_start else self.head())
 
 
-class Producer:
-    """Publishes into a Queue. shared=True for MPMC (several producers on one queue)."""
+class Producer(_native.RingWriter):
+    """Publishes into a Queue. shared=True for MPMC (several producers on one queue).
+
+    publish(payload) -> sequence number, one C call for bytes (engine._native.RingWriter);
+    `seq` is the next SPMC sequence number, `lapped` counts MPMC messages dropped because
+    a later lap already took their slot."""
 
     def __init__(self, queue: Queue, shared: bool = False):
-        self.queue, self.shared = queue, shared
-        self.seq = queue.head()
-        self.lapped = 0   # MPMC only: messages dropped because a later lap already took the slot
+        super().__init__(queue.head_address, queue.slots, queue.capacity, queue.stride, queue.payload_size,
+                         shared, queue.head())
+        self.queue = queue
 
-    def publish(self, payload) -> int:
-        """Write one message (bytes, or a record of the queue's dtype). Returns its sequence number."""
-        q = self.queue
-        if type(payload) is not bytes:
-            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) \
-                else np.asarray(payload, q.dtype).tobytes()
-        if len(payload) != q.payload_size:
-            raise ValueError(f"message is {len(payload)} bytes; the queue's dtype is {q.payload_size}")
-        if self.shared:
-            seq = _native.fetch_add(q.head_address, 1)
-        else:
-            seq = self.seq
-            self.seq += 1
-        # the slot address is inlined: this is the hot path of every actor
-        if not _native.seqlock_write(q.slots + (seq & q.mask) * q.stride, seq // q.capacity, payload):
-            self.lapped += 1
-        if not self.shared:
-            _native.store_release(q.head_address, self.seq)
-        return seq
+    def _as_bytes(self, payload) -> bytes:
+        """publish's conversion of anything but bytes: a buffer, or a record of the queue's dtype."""
+        if isinstance(payload, (bytearray, memoryview)):
+            return bytes(payload)
+        return np.asarray(payload, self.queue.dtype).tobytes()
 
 
-class Consumer:
-    """Reads every message of a Queue in order, without affecting the producer or other consumers."""
+class Consumer(_native.RingReader):
+    """Reads every message of a Queue in order, without affecting the producer or other consumers.
+
+    poll_bytes() -> the next message's bytes or None, one C call (engine._native.RingReader)
+    that also recovers from being sped past; wait_bytes(spins) spins in C for the next
+    message. `seq` is the next message to read, `missed` counts messages skipped after
+    being sped past."""
 
     def __init__(self, queue: Queue, start: int):
-        self.queue, self.seq = queue, start
-        self.missed = 0           # messages skipped after being sped past
-
-    def poll_bytes(self) -> bytes | None:
-        """The next message's bytes, or None when there is none yet."""
-        q = self.queue
-        seq = self.seq
-        got = _native.seqlock_read(q.slots + (seq & q.mask) * q.stride, 2 * (seq // q.capacity) + 2, q.payload_size)
-        if type(got) is bytes:
-            self.seq += 1
-            return got
-        if got == _native.READ_SPED_PAST:
-            self._recover()
-        return None
+        super().__init__(queue.head_address, queue.slots, queue.capacity, queue.stride, queue.payload_size, start)
+        self.queue = queue
 
     def poll(self):
         """The next message as a record of the queue's dtype, or None."""
         raw = self.poll_bytes()
         return None if raw is None else np.frombuffer(raw, dtype=self.queue.dtype)[0]
-
-    def _recover(self):
-        """Sped past: jump to the oldest message that is still in the ring."""
-        q = self.queue
-        oldest = max(self.seq + 1, q.head() - q.capacity + 1)
-        self.missed += oldest - self.seq
-        self.seq = oldest
 
 
 class SeqlockVector(_Segment):
@@ -214,29 +194,21 @@ class SeqlockVector(_Segment):
     def _address(self, key: int) -> int:
         if not 0 <= key < self.capacity:
             raise IndexError(f"key {key} outside 0..{self.capacity - 1}")
-        return self.slot_address(key)
+        return self.slots + key * self.stride
 
     def version(self, key: int) -> int:
         """Even: writes so far x 2; odd: being written now."""
         return _native.load_acquire(self._address(key))
 
     def write(self, key: int, payload) -> None:
-        address = self._address(key)
         data = bytes(payload) if isinstance(payload, (bytes, bytearray)) else np.asarray(payload, self.dtype).tobytes()
-        _native.seqlock_write(address, _native.load_acquire(address) // 2, data)
+        if len(data) != self.payload_size:
+            raise ValueError(f"value is {len(data)} bytes; the vector's dtype is {self.payload_size}")
+        _native.vector_write(self._address(key), data)
 
     def read_bytes(self, key: int) -> tuple[int, bytes] | None:
         """(writes so far, latest value's bytes), or None if never written."""
-        address = self._address(key)
-        while True:
-            version = _native.load_acquire(address)
-            if version == 0:
-                return None
-            if version & 1:
-                continue
-            got = _native.seqlock_read(address, version, self.payload_size)
-            if type(got) is bytes:
-                return version // 2, got
+        return _native.vector_read(self._address(key), self.payload_size)
 
     def read(self, key: int):
         """(writes so far, record) of the latest value, or None if never written."""

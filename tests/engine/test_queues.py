@@ -1,4 +1,6 @@
 """Seqlock queues across real processes: torn reads, sped-past, MPMC, observers."""
+import ctypes
+import mmap
 import multiprocessing as mp
 import os
 import uuid
@@ -6,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
+from engine import _native
 from engine.queues import Queue, QueueError, SeqlockVector
 
 WORDS = 30
@@ -38,14 +41,18 @@ def produce(name, count, producer, shared, start):
     q.close()
 
 
-def consume(name, expect, result, start):
+def consume(name, expect, result, start, read="poll"):
     q = Queue.attach(name, MESSAGE)
     c = q.consumer(from_start=True)
     start.wait()
     accepted, torn, seqs = 0, 0, []
     idle = 0
     while accepted + c.missed < expect and idle < 5_000_000:
-        m = c.poll()
+        if read == "poll":
+            m = c.poll()
+        else:                                                 # the C spin: up to 100 looks per call
+            raw = c.wait_bytes(100)
+            m = None if raw is None else np.frombuffer(raw, MESSAGE)[0]
         if m is None:
             idle += 1
             continue
@@ -58,12 +65,13 @@ def consume(name, expect, result, start):
     q.close()
 
 
-def test_no_torn_read_is_ever_accepted_and_sped_past_consumers_recover():
+@pytest.mark.parametrize("read", ["poll", "wait_bytes"])
+def test_no_torn_read_is_ever_accepted_and_sped_past_consumers_recover(read):
     name = unique("torn")
     total = 60_000
     with Queue(name, MESSAGE, capacity=64):                 # small ring: consumers get sped past
         start, result = CTX.Event(), CTX.Queue()
-        consumers = [CTX.Process(target=consume, args=(name, total, result, start)) for _ in range(2)]
+        consumers = [CTX.Process(target=consume, args=(name, total, result, start, read)) for _ in range(2)]
         producer = CTX.Process(target=produce, args=(name, total, 0, False, start))
         for p in consumers + [producer]:
             p.start()
@@ -94,6 +102,75 @@ def test_sped_past_is_detected_and_recovered():
         # the ring holds 84..99; recovery skips to 85, leaving the oldest slot to the producer
         assert c.missed == 85
         assert got == list(range(85, 100))
+
+
+def test_wait_bytes_detects_and_recovers_from_being_sped_past():
+    name = unique("lapw")
+    with Queue(name, MESSAGE, capacity=16) as q:
+        c = q.consumer()
+        p = q.producer()
+        for i in range(100):
+            p.publish(message(i))
+        # one call recovers (85 missed, as poll does) and goes on waiting: it returns 85
+        got = [int(np.frombuffer(c.wait_bytes(1000), MESSAGE)[0]["seq"])]
+        assert c.missed == 85
+        while (raw := c.wait_bytes(1000)) is not None:
+            got.append(int(np.frombuffer(raw, MESSAGE)[0]["seq"]))
+        assert got == list(range(85, 100))
+        assert c.seq == 100 and c.wait_bytes(0) is None
+        p.publish(message(100))
+        assert int(np.frombuffer(c.wait_bytes(0), MESSAGE)[0]["seq"]) == 100
+
+
+def test_publish_takes_bytes_buffers_and_records_and_checks_the_size():
+    name = unique("pub")
+    with Queue(name, MESSAGE, capacity=8) as q:
+        c = q.consumer()
+        p = q.producer()
+        raw = message(7).tobytes()
+        assert [p.publish(raw), p.publish(bytearray(raw)), p.publish(memoryview(raw)), p.publish(message(7))] \
+            == [0, 1, 2, 3]
+        assert [c.poll_bytes() for _ in range(4)] == [raw] * 4
+        assert c.poll_bytes() is None and (p.seq, q.head(), c.seq) == (4, 4, 4)
+        with pytest.raises(ValueError, match="message is 3 bytes"):
+            p.publish(b"abc")
+        assert q.head() == 4
+
+
+def test_a_shared_producer_counts_a_slot_that_a_later_lap_took():
+    name = unique("lapped")
+    with Queue(name, MESSAGE, capacity=4) as q:
+        p = q.producer(shared=True)
+        raw = message(4).tobytes()
+        assert _native.seqlock_write(q.slot_address(4), 1, raw)      # message 4 (lap 1) is in slot 0
+        assert p.publish(message(0)) == 0                             # message 0 finds it there
+        assert p.lapped == 1 and q.head() == 1
+        assert q.consumer(from_start=True).poll_bytes() is None       # slot 0 holds lap 1: sped past
+
+
+def store_tsc_after(address, ticks):
+    _native.spin_ticks(ticks)
+    _native.store_tsc(address)
+
+
+def test_floor_probe_sees_another_process_store_its_tsc():
+    line = mmap.mmap(-1, mmap.PAGESIZE)                      # anonymous and shared across fork
+    pin = ctypes.c_char.from_buffer(line)
+    address = ctypes.addressof(pin)
+    assert _native.spin_until_changed(address, 0, 10) is None
+    before = _native.rdtscp()
+    _native.spin_ticks(1000)
+    assert _native.rdtscp() - before >= 1000
+    proc = CTX.Process(target=store_tsc_after, args=(address, 1000))
+    proc.start()
+    for _ in range(1000):
+        if (got := _native.spin_until_changed(address, 0, 1 << 20)) is not None:
+            break
+    proc.join(timeout=30)
+    stored, seen = got
+    assert seen >= stored > 0 and _native.load_acquire(address) == stored
+    del pin
+    line.close()
 
 
 def test_mpmc_under_contention_loses_and_duplicates_nothing():
@@ -188,5 +265,7 @@ def test_seqlock_vector_latest_value_never_torn():
         writer.join(timeout=30)
         assert writer.exitcode == 0
         versions = [v.read(k)[0] for k in range(4)]
+        with pytest.raises(ValueError, match="value is 3 bytes"):
+            v.write(0, b"abc")
         assert versions == [rounds // 4] * 4
         assert [int(v.read(k)[1]["seq"]) for k in range(4)] == [rounds - 4 + k for k in range(4)]
