@@ -82,10 +82,15 @@ def run(args) -> int:
     columns = per_trigger_columns(args.line_rate)
     tables = [TableWriter(path, columns, parquet) for path, parquet in ((args.csv, False), (args.parquet, True))
               if path]                          # made before the long read: a bad path fails first
+
+    def write_rows(rows):
+        for table in tables:
+            table.write(rows)
+
     try:
         with _ProgressBar(args.pcap) as progress:
             options.progress = progress
-            options.per_trigger_sink = lambda rows: [table.write(rows) for table in tables]
+            options.per_trigger_sink = write_rows
             result = measure(args.pcap, options)
     finally:
         for table in tables:
