@@ -20,6 +20,7 @@ COMMANDS = {
     "synth": "synth",
     "info": "info",
     "measure": "measure",
+    "run": "run",
     "timekeeper": "timekeeper",
     "engine": "engine",
     "replay": "replay",

@@ -89,18 +89,22 @@ def builtin_names() -> list[str]:
 
 def load_scenario(name_or_path: str) -> Scenario:
     """A built-in name (see builtin_names) or a path to a TOML file."""
+    return parse_scenario(*scenario_text(name_or_path))
+
+
+def scenario_text(name_or_path: str) -> tuple[str, str]:
+    """(TOML text, source name) of a built-in scenario or a TOML file."""
     if name_or_path in builtin_names():
         text = (resources.files("simulator") / "scenarios" / f"{name_or_path}.toml").read_text()
-        return parse_scenario(text, f"{name_or_path}.toml")
+        return text, f"{name_or_path}.toml"
     path = FilePath(name_or_path)
     if not path.exists():
         raise SimulatorError(f"no built-in scenario or file named {name_or_path!r} "
                              f"(built-ins: {', '.join(builtin_names())})")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8"), str(path)
     except UnicodeDecodeError:
         raise ScenarioError(str(path), "file", "is not UTF-8 text") from None
-    return parse_scenario(text, str(path))
 
 
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:

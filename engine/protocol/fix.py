@@ -21,6 +21,7 @@ from engine.protocol.stream import StreamFrames, follow_chain, successors
 SOH = b"\x01"
 BEGIN_STRING = b"FIX.4.2"
 TRIGGER_SEQ_TAG = 9001
+ORDER_QTY_TAG = 38
 COMP_ID_WIDTH = 8                 # SenderCompID, TargetCompID
 SYMBOL_WIDTH = 8
 ID_WIDTH = 18                     # ClOrdID, OrderID, ExecID, 9001: every value fits an int64

@@ -86,6 +86,7 @@ NEW_ORDER_DTYPE, CANCEL_DTYPE, ACK_DTYPE, FILL_DTYPE, REJECT_DTYPE = (
 NEW_ORDER_SIZE = NEW_ORDER.size
 NEW_ORDER_PREFIX_BYTES = NEW_ORDER.offset("trigger_seq")
 NEW_ORDER_TRIGGER_SEQ_OFFSET = NEW_ORDER.offset("trigger_seq")
+NEW_ORDER_QTY_OFFSET = NEW_ORDER.offset("qty")
 MESSAGE_ALIGN = 8
 HEADER_BYTES = 3                 # length + msg_type: what the framer reads of each message
 

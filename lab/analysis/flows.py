@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from engine.protocol import orders as order_format
-from engine.protocol.fix import TRIGGER_SEQ_TAG, fix_tag_values, frame_fix_stream
+from engine.protocol.fix import ORDER_QTY_TAG, TRIGGER_SEQ_TAG, fix_tag_values, frame_fix_stream
 from lab.analysis import convention
 from lab.analysis.gather import gather_ragged
 from lab.analysis.match import FIX_TAG, MatchMode
@@ -60,7 +60,7 @@ class OrderFlows:
         self.carry = {name: np.zeros(0, SEGMENT_COLUMNS.get(name, np.int64)) for name in _CARRIED}
         self.carry_payload = np.zeros(0, np.uint8)
         self.carry_overlap = 0              # duplicate bytes among the carried segments, already counted
-        self.segments = self.duplicate_bytes = self.bytes_after_holes = 0
+        self.segments = self.duplicate_bytes = self.bytes_after_holes = self.voids = 0
         self.framing_errors: list[dict] = []
         self.carried_peak = 0               # most payload bytes carried from one part to the next
 
@@ -70,7 +70,8 @@ class OrderFlows:
 
     def figures(self) -> dict:
         return {"flows": self.flows, "segments": self.segments, "duplicate_bytes": self.duplicate_bytes,
-                "bytes_after_holes": self.bytes_after_holes, "framing_errors": self.framing_errors}
+                "bytes_after_holes": self.bytes_after_holes, "void_orders": self.voids,
+                "framing_errors": self.framing_errors}
 
     def _flow_ids(self, key_ips: np.ndarray, key_ports: np.ndarray) -> np.ndarray:
         ips, _ = pd.factorize(key_ips)            # hash-based: flows in order of appearance
@@ -157,13 +158,19 @@ class OrderFlows:
                                         "error": frames.error})
             self.stopped[f] = True
         if is_fix:
-            new = frames.msg_type == ord("D")
+            new = np.flatnonzero(frames.msg_type == ord("D"))
+            qty = fix_tag_values(stream, frames.offset[new], frames.length[new], ORDER_QTY_TAG)
+        else:
+            new = np.flatnonzero(frames.msg_type == order_format.NEW_ORDER_TYPE)
+            qty = _u64_at(stream, frames.offset[new] + order_format.NEW_ORDER_QTY_OFFSET)
+        self.voids += int(np.count_nonzero(qty == 0))
+        new = new[qty != 0]               # quantity 0 completes a started message without trading: a void
+        if is_fix:
             tag = self.match.fix_tag if self.match.kind == FIX_TAG else TRIGGER_SEQ_TAG
             trigger = fix_tag_values(stream, frames.offset[new], frames.length[new], tag)
         else:
-            new = frames.msg_type == order_format.NEW_ORDER_TYPE
             trigger = _u64_at(stream, frames.offset[new] + order_format.NEW_ORDER_TRIGGER_SEQ_OFFSET)
-        rows = {"flow": np.full(int(new.sum()), f, np.int64), "offset": frames.offset[new],
+        rows = {"flow": np.full(new.size, f, np.int64), "offset": frames.offset[new],
                 "length": frames.length[new], "trigger_seq": trigger}
         return rows, frames.consumed
 

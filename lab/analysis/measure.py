@@ -86,6 +86,7 @@ class MeasureOptions:
     md_flow: Endpoint | None = None      # only UDP to here is MD (and any datagram there counts)
     order_flow: Endpoint | None = None   # only TCP to here carries orders
     trailer: str | None = None           # "expcap" or "metamako": stamps from the timing card's trailer
+    interface: str | None = None         # only packets of the pcapng interface(s) with this name (a tap)
     batch_packets: int = 1 << 18        # ~46 MB of a typical capture per batch; three are mapped at once
     epoch_packets: int = 1 << 21        # packets per part: orders are framed and matched part by part
     match_window_ns: int = 10**9        # how long an MD message stays matchable across parts
@@ -135,13 +136,17 @@ def measure(path, options: MeasureOptions | None = None) -> Measurement:
         for batch in read_ahead(capture.batches(options.batch_packets, release=False)):
             if options.trailer:
                 batch = restamp_from_trailers(batch, options.trailer)
-            collector.add(batch, [interface.linktype for interface in capture.interfaces])
+            collector.add(batch, [interface.linktype for interface in capture.interfaces],
+                          _interfaces_named(capture.interfaces, options.interface))
             capture.release_before(int(batch.offset[-1]))
             if collector.pending >= options.epoch_packets:
                 results.add(*collector.take(), final=False)
             if options.progress:
                 options.progress(capture.position)
         results.add(*collector.take(), final=True)
+        if options.interface is not None and not _interfaces_named(capture.interfaces, options.interface):
+            names = ", ".join(sorted({str(i.name) for i in capture.interfaces}))
+            raise MeasureError(f"{path}: no interface named {options.interface!r} (interfaces: {names})")
         if options.trailer and "no timestamp" in collector.undecoded:   # the capture's own stamps are unused
             collector.undecoded["no valid trailer"] = collector.undecoded.pop("no timestamp")
         return Measurement(
@@ -150,6 +155,10 @@ def measure(path, options: MeasureOptions | None = None) -> Measurement:
             per_trigger=results.per_trigger(), undecoded=collector.undecoded, tcp=results.flows.figures(),
             damage=list(capture.damage), non_monotonic=capture.non_monotonic, parts=results.parts,
             carried_peak={"md_rows": results.window_peak, "order_bytes": results.flows.carried_peak})
+
+
+def _interfaces_named(interfaces, name: str | None) -> list[int] | None:
+    return None if name is None else [i for i, interface in enumerate(interfaces) if interface.name == name]
 
 
 class _Results:
@@ -268,7 +277,8 @@ class _Collector:
         self._newest: int | None = None      # the latest usable stamp so far
 
 
-    def add(self, batch, linktypes) -> None:
+    def add(self, batch, linktypes, interfaces: list[int] | None = None) -> None:
+        """interfaces: keep only packets of these interface indices (None: all)."""
         table, md_seq = decode(batch, linktypes, md_seq=True, workspace=self._workspace)
         for reason, count in table.status_counts().items():
             self.undecoded[reason] = self.undecoded.get(reason, 0) + count
@@ -277,6 +287,8 @@ class _Collector:
         if missing:
             self.undecoded["no timestamp"] = self.undecoded.get("no timestamp", 0) + missing
         usable = (table.status == OK) & stamped
+        if interfaces is not None:
+            usable &= np.isin(table.interface, interfaces)
         if usable.any():
             newest = int(table.ts_ns[usable].max())
             self._newest = newest if self._newest is None else max(self._newest, newest)

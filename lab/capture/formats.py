@@ -54,6 +54,7 @@ EPB_FIXED = np.dtype([
 OPTION_HEADER = np.dtype([("code", "u2"), ("length", "u2")])
 
 OPT_ENDOFOPT = 0
+OPT_COMMENT = 1
 SHB_USERAPPL = 4
 IF_NAME = 2
 IF_DESCRIPTION = 3

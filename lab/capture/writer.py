@@ -17,7 +17,7 @@ import numpy as np
 
 from lab.capture.formats import (
     BLOCK_EPB, BLOCK_IDB, BLOCK_SHB, BYTE_ORDER_MAGIC, EPB_FIXED, EPB_FLAGS, IF_DESCRIPTION,
-    IF_NAME, IF_TSOFFSET, IF_TSRESOL, OPT_ENDOFOPT, PCAP_FILE_HEADER, PCAP_NANOSECOND_MAGIC,
+    IF_NAME, IF_TSOFFSET, IF_TSRESOL, OPT_COMMENT, OPT_ENDOFOPT, PCAP_FILE_HEADER, PCAP_NANOSECOND_MAGIC,
     PCAP_RECORD_HEADER, SHB_USERAPPL,
 )
 from lab.capture.records import CaptureError, Interface, PacketBatch
@@ -110,9 +110,10 @@ class PcapngWriter(_Writer):
     """pcapng: one SHB, one IDB per interface (a tap point) with if_tsresol=9,
     if_name and if_description as given, then EPBs (epb_flags when a direction
     is given). Interface.tsresol is ignored: stamps are always written in ns;
-    a nonzero Interface.tsoffset_s is written as if_tsoffset and taken off."""
+    a nonzero Interface.tsoffset_s is written as if_tsoffset and taken off.
+    `comment` becomes the SHB's opt_comment (lab run keeps its run info there)."""
 
-    def __init__(self, path, interfaces: list[Interface]):
+    def __init__(self, path, interfaces: list[Interface], comment: str | None = None):
         if not interfaces:
             raise CaptureError(f"{os.fspath(path)}: a pcapng file needs at least one interface")
         if any(abs(i.tsoffset_s) > MAX_TSOFFSET_S for i in interfaces):
@@ -121,7 +122,8 @@ class PcapngWriter(_Writer):
         self.interfaces = list(interfaces)
         self._snaplen = np.array([i.snaplen or np.iinfo(np.uint32).max for i in interfaces], np.int64)
         self._tsoffset_ns = np.array([i.tsoffset_s * NS_PER_S for i in interfaces], np.int64)
-        shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + _options([(SHB_USERAPPL, b"wirelab")])
+        options = [(SHB_USERAPPL, b"wirelab")] + ([(OPT_COMMENT, comment.encode())] if comment else [])
+        shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + _options(options)
         self._file.write(_block(BLOCK_SHB, shb))
         for itf in interfaces:
             options = [(IF_NAME, itf.name), (IF_DESCRIPTION, itf.description)]

@@ -4,9 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import zipfile
+from dataclasses import replace
 
+import numpy as np
+
+from engine.telemetry import read_telemetry
 from lab.analysis import convention
+from lab.analysis.correlation import causality, envelope, run_calibration
+from lab.analysis.implied import STAGES, implied
 from lab.analysis.match import MatchError, parse_match
 from lab.analysis.measure import (
     MeasureError,
@@ -18,7 +24,12 @@ from lab.analysis.measure import (
 )
 from lab.analysis.stats import SUMMARY_KEYS, ExportError, TableWriter, summarize, write_hgrm, write_plot
 from lab.capture.records import skipped_report
+from lab.capture.runinfo import read_run_info
+from lab.capture.taps import EXCHANGE_TAP, HOST_TAP, HostLink
+from lab.cli import describe
+from lab.progress import ProgressBar
 from lab.table import render
+from simulator.scenario import parse_scenario
 from simulator.units import UnitError, format_rate, parse_duration, parse_rate
 
 LISTED = 100   # misses and duplicates listed in the JSON (all are counted)
@@ -64,6 +75,11 @@ def register(sub):
     p.add_argument("--match-window", type=_argument(parse_duration), default=parse_duration("1s"), metavar="DURATION",
                    help="how long after it an MD message can still be matched when the capture is read in parts "
                         "(captures over 2Mi packets); default 1s")
+    p.add_argument("--interface", metavar="NAME",
+                   help="only the packets of this pcapng interface (a tap); a `lab run` capture defaults to host-tap")
+    p.add_argument("--telemetry", metavar="RUN.tel",
+                   help="the engine's telemetry of a `lab run` capture: adds the implied tick-to-trade, its "
+                        "decomposition per stage and the clock correlation")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--csv", metavar="FILE", help="write one row per trigger as CSV")
     p.add_argument("--parquet", metavar="FILE", help="write one row per trigger as Parquet (needs pyarrow)")
@@ -74,21 +90,29 @@ def register(sub):
 
 def run(args) -> int:
     convention.check(args.convention, args.line_rate)
+    info = read_run_info(args.pcap)
+    if args.telemetry and info is None:
+        raise MeasureError(f"{args.pcap}: not a capture written by lab run (no run info); --telemetry needs one")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ExportError(f"--plot {args.plot}: the plot is written as PNG; name the file *.png")
     options = MeasureOptions(convention=args.convention, line_rate_bps=args.line_rate, match=args.match,
                              md_flow=args.md_flow, order_flow=args.order_flow, trailer=args.trailer,
-                             match_window_ns=args.match_window // 1000, listed=LISTED)
+                             match_window_ns=args.match_window // 1000, listed=LISTED,
+                             interface=args.interface or (HOST_TAP if info else None))
     columns = per_trigger_columns(args.line_rate)
     tables = [TableWriter(path, columns, parquet) for path, parquet in ((args.csv, False), (args.parquet, True))
               if path]                          # made before the long read: a bad path fails first
 
+    kept = []
+
     def write_rows(rows):
         for table in tables:
             table.write(rows)
+        if args.telemetry:
+            kept.append(rows)
 
     try:
-        with _ProgressBar(args.pcap) as progress:
+        with ProgressBar(_file_size(args.pcap), "B", "lab measure", unit_scale=True) as progress:
             options.progress = progress
             options.per_trigger_sink = write_rows
             result = measure(args.pcap, options)
@@ -102,6 +126,9 @@ def run(args) -> int:
         write_plot(args.plot, latency, f"tick-to-trade, {os.path.basename(args.pcap)} "
                                        f"({len(latency)} triggers, {_convention_text(result)})")
     document = to_json(result)
+    if args.telemetry:
+        host = {name: np.concatenate([rows[name] for rows in kept]) for name in kept[0]} if kept else None
+        document.update(run_figures(args, options, info, host))
     if args.json:
         print(json.dumps(document, indent=2))
     else:
@@ -109,28 +136,11 @@ def run(args) -> int:
     return 0
 
 
-class _ProgressBar:
-    """A tqdm bar over the file's bytes on stderr, only when stderr is a terminal."""
-
-    def __init__(self, path):
-        self.bar = None
-        if sys.stderr.isatty():
-            try:
-                total = os.path.getsize(path)
-            except OSError:
-                return
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="lab measure", file=sys.stderr,
-                            leave=False)
-
-    def __enter__(self):
-        if self.bar is None:
-            return None
-        return lambda position: self.bar.update(position - self.bar.n)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
+def _file_size(path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def _convention_text(result: Measurement) -> str:
@@ -178,6 +188,31 @@ def to_json(result: Measurement) -> dict:
     return document
 
 
+def run_figures(args, options: MeasureOptions, info: dict, host: dict | None) -> dict:
+    """`lab run` captures with telemetry: implied tick-to-trade, stages and clock correlation."""
+    try:
+        orders, _engine_calibration, meta = read_telemetry(args.telemetry)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise MeasureError(f"{args.telemetry}: not a readable wirelab telemetry file ({describe(exc)})") from None
+    exchange = measure(args.pcap, replace(options, interface=EXCHANGE_TAP, per_trigger_sink=None, progress=None))
+    calibration, clock = run_calibration(info["clock_samples"]["start"], info["clock_samples"]["end"])
+    link = HostLink(parse_scenario(info["scenario_toml"], info["scenario"]))
+    empty = {name: np.zeros(0, np.int64) for name in ("md_seq", "t_md_ns", "order_last_frame_first_bit_ns")}
+    rows = implied(host or empty, exchange.per_trigger, orders, calibration, link, info["order_l3_header_bytes"])
+    chain = {name: rows[f"{name}_ns"] for name in ("t_md", "kernel_rx", "app_in", "decision", "app_out",
+                                                   "kernel_tx", "host_out", "arbiter")}
+    return {
+        "telemetry": {"file": args.telemetry, "strategy": meta.get("strategy"), "orders": int(len(orders)),
+                      "triggers": int(len(rows["md_seq"]))},
+        "scenario": info["scenario"],
+        "implied_tick_to_trade_ns": summarize(rows["implied_tick_to_trade_ns"]),
+        "decomposition_ns": {stage: {key: summarize(rows[f"{stage}_ns"])[key] for key in ("p50", "p99", "mean")}
+                             for stage in STAGES},
+        "correlation": {**clock, **causality(chain),
+                        "kernel_rx_to_app_in_envelope": envelope(rows["kernel_rx_ns"], rows["app_in_ns"])},
+    }
+
+
 def to_text(result: Measurement, document: dict, args) -> str:
     counts = [[name.replace("_", " "), document[name]] for name in
               ("packets", "md_messages", "orders", "matched", "unmatched_md", "unmatched_orders", "duplicates")]
@@ -201,6 +236,17 @@ def to_text(result: Measurement, document: dict, args) -> str:
         skipped = document["skipped"]
         lines.append(f"damaged file: skipped {skipped['bytes']} bytes, {skipped['records']} records: "
                      + "; ".join(f"{r['reason']} at byte {r['at_offset']}" for r in skipped["reasons"]))
+    if "implied_tick_to_trade_ns" in document:
+        implied_summary = document["implied_tick_to_trade_ns"]
+        lines += ["", f"implied tick-to-trade (ns), {document['scenario']}, {document['telemetry']['strategy']}",
+                  render(list(SUMMARY_KEYS), [["-" if implied_summary[k] is None else implied_summary[k]
+                                               for k in SUMMARY_KEYS]], align="r" * len(SUMMARY_KEYS)),
+                  "", "decomposition (ns; the stages sum to the implied tick-to-trade)",
+                  render(["stage", "p50", "p99"], [[stage, v["p50"], v["p99"]]
+                                                   for stage, v in document["decomposition_ns"].items()])]
+        c = document["correlation"]
+        lines.append(f"clock: residual p99 {c['residual_p99_ns']:.0f} ns, drift {c['drift_ppm']:.3f} ppm, "
+                     f"causality violations {c['causality_violations']}")
     for flag, path in (("csv", args.csv), ("parquet", args.parquet), ("hgrm", args.hgrm), ("plot", args.plot)):
         if path:
             lines.append(f"{flag}: {path}")

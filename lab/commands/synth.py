@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from lab.arguments import positive_int
 from lab.errors import LabError
 from lab.synth import CONVENTIONS, ORDER_FORMATS, TRUTH_COLUMNS, SynthConfig, synthesize, write_capture, write_truth
 from lab.table import render
@@ -24,7 +25,7 @@ def register(sub):
                     "orders (prefix + rest), a few retransmissions and out-of-order segments. Every "
                     "latency is known to the nanosecond; --truth writes it per trigger.")
     p.add_argument("--out", required=True, metavar="FILE", help="capture to write (mode 0600)")
-    p.add_argument("--triggers", required=True, type=_positive_int, metavar="N",
+    p.add_argument("--triggers", required=True, type=positive_int, metavar="N",
                    help="market-data datagrams that trigger an order")
     p.add_argument("--format", choices=FORMATS,
                    help="file format (default: pcapng if FILE ends in .pcapng, else pcap)")
@@ -40,16 +41,6 @@ def register(sub):
                    help=f"write the known latencies per trigger: {', '.join(TRUTH_COLUMNS)}")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def _rate(text: str) -> int:

@@ -146,13 +146,18 @@ def test_engine_trades_every_lopsided_update_and_records_causal_telemetry(tmp_pa
     venue.join(timeout=5)
     assert summary["md_handled"] == 40
     assert summary["md_dropped"] == {"short datagram": 2, "unknown magic": 1, "length mismatch": 1}
-    assert [t for t, *_ in venue.orders] == list(range(1, 41))
+    triggers = [t for t, *_ in venue.orders]
+    if mode == "single":
+        assert triggers == list(range(1, 41))
+    else:   # the ideal-orders vector keeps each model's latest wish: an Overseer process that falls
+        # behind acts on the newest update and skips the ones in between (never an older one)
+        assert triggers == sorted(set(triggers)) and set(triggers) <= set(range(1, 41)) and len(triggers) >= 20
     assert all(side == wire.BUY and price == 100 * 10**8 + TICK for _, _, side, price, _ in venue.orders)
-    assert summary["positions"] == {"1": {"7": 40}}
+    assert summary["positions"] == {"1": {"7": len(triggers)}}
     prefixed = {flags & wire.FLAG_PREFIX_EARLY for _, flags, *_ in venue.orders}
     assert prefixed == ({1} if strategy == "tcp-prefix" else {0})
     orders, calibration, meta = read_telemetry(tel)
-    assert len(orders) == 40 and meta["strategy"] == strategy
+    assert len(orders) == len(triggers) and meta["strategy"] == strategy
     assert (orders["kernel_tx_ns"] > 0).all()
     stages = stage_ns(orders, calibration)
     chain = [stages[k] for k in ("kernel_rx", "app_in", "decision", "app_out", "kernel_tx")]

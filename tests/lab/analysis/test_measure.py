@@ -24,6 +24,7 @@ from lab.analysis import convention
 from lab.analysis.match import parse_match
 from lab.analysis.decode import decode
 from lab.analysis.measure import MeasureError, MeasureOptions, measure, parse_endpoint
+from lab.capture import Interface, PcapngWriter
 
 GBPS10 = 10**10
 
@@ -225,3 +226,35 @@ def test_software_needs_a_line_rate(tmp_path):
     write_pcap(path, [(1, md_frame(1))])
     with pytest.raises(convention.ConventionError, match="line-rate"):
         measure(path, MeasureOptions(convention="software"))
+
+
+def test_a_void_order_completes_its_prefix_but_is_not_an_order(tmp_path):
+    """tcp-prefix engines cancel a primed order by completing it with quantity 0 (a void)."""
+    void = bytearray(new_order(0, 9))
+    void[40:48] = bytes(8)                                     # qty 0
+    real = new_order(101, 10)
+    rows = [(100, syn_frame(), 2), (1_000, md_frame(100), 1), (1_100, md_frame(101), 1),
+            (1_200, order_frame(void[:PREFIX], 0), 2), (1_300, order_frame(void[PREFIX:], PREFIX), 2),
+            (1_400, order_frame(real, 48), 2)]
+    path = tmp_path / "void.pcapng"
+    write_pcapng(path, rows)
+    m = measure(path)
+    assert m.counts["orders"] == 1 and m.counts["unmatched_orders"] == 0 and m.tcp["void_orders"] == 1
+    assert m.per_trigger["md_seq"].tolist() == [101] and m.per_trigger["order_first_bit_ns"].tolist() == [1_400]
+
+
+def test_only_the_named_interface_is_measured(tmp_path):
+    taps = [Interface(1, "1e-9", 0, "host-tap"), Interface(1, "1e-9", 0, "exchange-tap")]
+    path = tmp_path / "two-taps.pcapng"
+    with PcapngWriter(path, taps) as writer:
+        for tap, shift in ((0, 0), (1, 5_000)):
+            writer.write(tap, 100 + shift, syn_frame())
+            writer.write(tap, 1_000 + shift, md_frame(100))
+            writer.write(tap, 1_500 + shift, order_frame(new_order(100, 1), 0))
+    for name, t_md in (("host-tap", 1_000), ("exchange-tap", 6_000)):
+        m = measure(path, MeasureOptions(interface=name))
+        assert m.counts["orders"] == 1 and m.counts["duplicate_orders"] == 0
+        assert m.per_trigger["t_md_ns"].tolist() == [t_md]
+    assert measure(path).counts["md_messages"] == 2            # both taps, when no interface is named
+    with pytest.raises(MeasureError, match="no interface named 'nic'"):
+        measure(path, MeasureOptions(interface="nic"))

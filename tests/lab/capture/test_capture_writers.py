@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import subprocess
 
 import dpkt
 import numpy as np
@@ -22,21 +20,6 @@ HOST_TAP = Interface(linktype=1, tsresol="1e-9", snaplen=0, name="host-nic",
 EXCHANGE_TAP = Interface(linktype=1, tsresol="1e-9", snaplen=100, name="exchange",
                          description="tap at the exchange NIC; hardware-style stamps (first bit)",
                          tsoffset_s=1_500_000_000)
-TSHARK_ENVIRONMENT_NOTE = 'Running as user "root" and group "root". This could be dangerous.'
-
-
-def tshark_fields(path, *fields):
-    """tshark -T fields rows; asserts tshark printed no warning about the file."""
-    if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed")
-    result = subprocess.run(["tshark", "-r", str(path), "-T", "fields"]
-                            + [arg for f in fields for arg in ("-e", f)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    # The root note is about how tshark runs here, not about the file.
-    warnings = [line for line in result.stderr.splitlines() if line and line != TSHARK_ENVIRONMENT_NOTE]
-    assert warnings == []
-    return [line.split("\t") for line in result.stdout.splitlines()]
 
 
 def epoch_ns(text: str) -> int:
@@ -68,7 +51,7 @@ def test_pcap_writer_round_trip_and_dpkt(tmp_path):
         assert [int(ts * 10**9) for ts, _ in dpkt.pcap.Reader(f)] == STAMPS  # Decimal for ns files
 
 
-def test_pcap_writer_tshark_reads_stamps_to_the_ns(tmp_path):
+def test_pcap_writer_tshark_reads_stamps_to_the_ns(tmp_path, tshark_fields):
     path = tmp_path / "t.pcap"
     with PcapWriter(path, snaplen=100) as writer:
         writer.write_batch(STAMPS, FRAMES)
@@ -90,7 +73,7 @@ def test_pcapng_writer_round_trip(tmp_path):
     assert batch.wire_len.tolist() == [len(f) for f in FRAMES]
 
 
-def test_pcapng_writer_tshark_reads_stamps_names_and_directions(tmp_path):
+def test_pcapng_writer_tshark_reads_stamps_names_and_directions(tmp_path, tshark_fields):
     path = write_pcapng(tmp_path / "t.pcapng")
     rows = tshark_fields(path, "frame.time_epoch", "frame.interface_name",
                          "frame.interface_description", "frame.packet_flags_direction",
@@ -119,7 +102,7 @@ def test_rewriting_a_read_batch_is_lossless(tmp_path):
     assert (tmp_path / "b.pcapng").read_bytes() == source.read_bytes()
 
 
-def test_empty_batch_and_empty_frames(tmp_path):
+def test_empty_batch_and_empty_frames(tmp_path, tshark_fields):
     path = tmp_path / "e.pcapng"
     with PcapngWriter(path, [HOST_TAP]) as writer:
         writer.write_batch(0, np.array([], np.int64), [])

@@ -2,7 +2,6 @@
 (SO_TIMESTAMPING), dpkt, tcpdump and tshark."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import select
@@ -30,7 +29,6 @@ from lab.capture.live import LiveCapture
 
 ETHERNET_IPV4_UDP_HEADERS = 14 + 20 + 8
 OUTBOUND, INBOUND = 2, 1
-TSHARK_ENVIRONMENT_NOTE = 'Running as user "root" and group "root". This could be dangerous.'
 
 
 def packet_socket_problem() -> str | None:
@@ -247,20 +245,8 @@ def test_tcp_exchange_once_each_matching_tcpdump_and_tx_stamps(tmp_path):
         assert before <= ts <= tx_stamp <= rx_stamp <= after
 
 
-def tshark_fields(path, *fields):
-    if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed")
-    result = subprocess.run(["tshark", "-r", str(path), "-T", "fields"]
-                            + [arg for f in fields for arg in ("-e", f)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line and line != TSHARK_ENVIRONMENT_NOTE]
-    assert warnings == []
-    return [line.split("\t") for line in result.stdout.splitlines()]
-
-
 @needs_capture
-def test_pcapng_file_reads_back_with_open_capture_and_tshark(udp_pair, tmp_path):
+def test_pcapng_file_reads_back_with_open_capture_and_tshark(udp_pair, tmp_path, tshark_fields):
     tx, rx = udp_pair
     port = rx.getsockname()[1]
     path = tmp_path / "live.pcapng"
@@ -393,23 +379,14 @@ def test_interrupt_and_thread_failure_leave_nothing_open(udp_pair, tmp_path):
     assert not [t for t in threading.enumerate() if t.name.startswith("capture-")]
 
 
-def test_without_cap_net_raw_one_clear_error():
+def test_without_cap_net_raw_one_clear_error(drop_net_raw):
     code = ("from lab.capture.live import LiveCapture\n"
             "from lab.capture import CaptureError\n"
             "try:\n    LiveCapture('lo').start()\n"
             "except CaptureError as exc:\n    print(exc)\n")
-    cannot_drop = 77
-    drop_net_raw = None
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_CAPBSET_DROP, CAP_NET_RAW = 24, 13
-
-        def drop_net_raw():  # out of the bounding set: root's exec'd child lacks it
-            if libc.prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0) != 0:
-                os._exit(cannot_drop)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             preexec_fn=drop_net_raw)
-    if result.returncode == cannot_drop:
+    if result.returncode == 77:
         pytest.skip("cannot drop CAP_NET_RAW here (no CAP_SETPCAP)")
     assert result.stdout == "live capture on lo needs root (CAP_NET_RAW)\n"
 

@@ -1,0 +1,390 @@
+"""The venue's order gateway: a TCP server on loopback in front of the matching engine.
+
+One engine connection at a time (another one is accepted and closed at once;
+a reconnect after a disconnect works). Order entry is binary
+(engine.protocol.orders) or FIX 4.2 fixed width (engine.protocol.fix).
+
+Every recvmsg() comes with the kernel's software RX stamp of the last segment
+it read. A message's `last_byte_rx_ns` is the stamp of the read that delivered
+its last byte (its arbiter time), `first_byte_rx_ns` that of the read that
+delivered its first byte, and `segments` how many reads it spanned. A stamp
+the kernel did not give is recorded as 0 (and `unstamped_reads` counts it);
+the gateway's rules then use its own clock at the read.
+
+- A NewOrder with qty 0 is a *void*: the engine completes a primed prefix that
+  way when it must cancel instead. It gets no reply and is recorded as "void".
+- Partial messages: a message whose first byte came more than
+  `partial_timeout_ns` before its last byte is either dropped with the
+  connection (`timeout`) or handled as if it arrived `partial_penalty_ns` after
+  its completion (`penalise`, the default, with no penalty: the engine's primed
+  prefix may legitimately wait until the next trigger).
+- An unknown type, a wrong length or a bad FIX message closes the connection
+  (`malformed`): a byte stream cannot be re-synchronised.
+- Fills of resting orders caused by the venue's feed (`matching.on_feed`, by
+  whoever calls it) are sent to the connection: the gateway is the matching
+  engine's `listener`.
+- On disconnect every resting order is cancelled (cancel on disconnect).
+"""
+from __future__ import annotations
+
+import errno
+import select
+import selectors
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from engine.net import enable_rx_stamps, recv_stamped
+from engine.protocol import fix
+from engine.protocol import orders as wire
+from engine.protocol.errors import ProtocolError
+from engine.protocol.layout import gather
+from lab.venue.matching import Event, MatchingEngine, VenueError
+
+PROTOCOLS = ("binary", "fix")
+PARTIAL_RULES = ("timeout", "penalise")
+RECV_BYTES = 1 << 16
+SEND_WAIT_S = 1.0                   # longest wait for room in the send buffer per attempt
+CLIENT_TYPES = (wire.NEW_ORDER_TYPE, wire.CANCEL_TYPE)
+FIX_START = b"8=FIX.4.2" + fix.SOH + b"9="
+FIX_LENGTH_DIGITS = 3
+FIX_SIZES = (fix.NEW_ORDER_SINGLE_SIZE, fix.ORDER_CANCEL_REQUEST_SIZE)
+FIX_REPORT_TYPES = {"ack": "0", "cancelled": "4", "reject": "8"}   # a fill is 1 (partial) or 2
+
+RECORD_DTYPE = np.dtype([
+    ("venue", "<u2"), ("kind", "S6"),                      # new, cancel, void
+    ("client_order_id", "<u8"), ("trigger_seq", "<u8"),
+    ("first_byte_rx_ns", "<i8"), ("last_byte_rx_ns", "<i8"), ("segments", "<i4"),
+    ("message_bytes", "<i4"), ("stream_offset", "<i8"), ("connection", "<i4"),
+    ("handled_ns", "<i8"),                                 # the time the matching engine was given
+    ("penalised", "?"),
+    ("outcome", "S9"),                                     # acked, rejected, cancelled, void
+    ("filled_qty", "<i8"), ("reject_reason", "<u4"),
+])
+
+
+class _Request(NamedTuple):
+    kind: str                         # new, cancel, void
+    client_order_id: int
+    trigger_seq: int
+    instrument: int = 0
+    side: int = 0
+    price: int = 0
+    qty: int = 0
+    time_in_force: int = 0
+    orig_client_order_id: int = 0     # a cancel's target
+
+
+class _Arrival(NamedTuple):           # RECORD_DTYPE's fields from first_byte_rx_ns to penalised
+    first_byte_rx_ns: int
+    last_byte_rx_ns: int
+    segments: int
+    message_bytes: int
+    stream_offset: int
+    connection: int
+    handled_ns: int
+    penalised: bool
+
+
+@dataclass
+class _Connection:
+    sock: socket.socket
+    number: int
+    inbox: bytearray = field(default_factory=bytearray)
+    stream_offset: int = 0            # stream offset of inbox[0]
+    first_rx_ns: int = 0              # kernel stamp of the read that brought inbox[0] (0: none)
+    first_seen_ns: int = 0            # the same, or the gateway's clock at that read
+    segments: int = 0                 # reads that brought the message at the head of inbox
+    fix_seq: int = 1                  # next MsgSeqNum we send
+    fix_ids: tuple[str, str] = ("VENUE001", "WIRELAB1")   # our CompID, theirs
+
+
+class OrderGateway:
+    def __init__(self, venue: int, matching: MatchingEngine, protocol: str = "binary", host: str = "127.0.0.1",
+                 port: int = 0, partial_timeout_ns: int = 1_000_000_000, partial_rule: str = "penalise",
+                 partial_penalty_ns: int = 0):
+        if protocol not in PROTOCOLS:
+            raise VenueError(f"order entry protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if partial_rule not in PARTIAL_RULES:
+            raise VenueError(f"partial-message rule must be one of {PARTIAL_RULES}, got {partial_rule!r}")
+        self.venue, self.matching, self.protocol = venue, matching, protocol
+        self.partial_timeout_ns, self.partial_rule = partial_timeout_ns, partial_rule
+        self.partial_penalty_ns = partial_penalty_ns
+        self.counts: Counter[str] = Counter()
+        self._rows: list[tuple] = []
+        self._conn: _Connection | None = None
+        self._connections = 0
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            enable_rx_stamps(server)               # the kernel turns stamping on asynchronously: start early
+            server.bind((host, port))
+            server.listen(1)
+        except OSError as exc:
+            server.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise VenueError(f"port {host}:{port} is busy") from None
+            raise VenueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        server.setblocking(False)
+        self._server = server
+        self.address: tuple[str, int] = server.getsockname()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(server, selectors.EVENT_READ)
+        matching.listener = self._on_feed_events
+
+    # -- the loop ----------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> int:
+        """Wait up to timeout_s for the engine; handle what arrived. Returns messages handled."""
+        handled = 0
+        for key, _ in self._selector.select(timeout_s):
+            if key.fileobj is self._server:
+                self._accept()
+            elif self._conn is not None and key.fileobj is self._conn.sock:
+                handled += self._read(self._conn)
+        self._check_partial(time.time_ns())
+        return handled
+
+    def records(self) -> np.ndarray:
+        """One row per message received (RECORD_DTYPE), in arrival order."""
+        return np.array(self._rows, RECORD_DTYPE)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of connections, messages (voids among them), malformed input, partial rules, bytes."""
+        keys = ("connections", "disconnects", "refused", "messages", "voids", "malformed", "partial_timeouts",
+                "partial_penalised", "bytes", "unstamped_reads")
+        return {key: self.counts[key] for key in keys}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._disconnect(self._conn)
+        self._selector.close()
+        self._server.close()
+        self.matching.listener = None
+
+    def __enter__(self) -> OrderGateway:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- connections -------------------------------------------------------------------------
+    def _accept(self) -> None:
+        try:
+            sock, _peer = self._server.accept()
+        except BlockingIOError:
+            return
+        if self._conn is not None:                 # one engine at a time
+            sock.close()
+            self.counts["refused"] += 1
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        enable_rx_stamps(sock)
+        self._connections += 1
+        self._conn = _Connection(sock, self._connections)
+        self._selector.register(sock, selectors.EVENT_READ)
+        self.counts["connections"] += 1
+
+    def _disconnect(self, conn: _Connection) -> None:
+        self._selector.unregister(conn.sock)
+        conn.sock.close()
+        self._conn = None
+        self.counts["disconnects"] += 1
+        self.matching.cancel_all(time.time_ns())
+
+    def _check_partial(self, now_ns: int) -> None:
+        conn = self._conn
+        if (conn is not None and conn.inbox and self.partial_rule == "timeout"
+                and now_ns - conn.first_seen_ns > self.partial_timeout_ns):
+            self.counts["partial_timeouts"] += 1
+            self._disconnect(conn)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _read(self, conn: _Connection) -> int:
+        """Read until the socket has nothing more; returns messages handled."""
+        handled = 0
+        while self._conn is conn:
+            try:
+                got = recv_stamped(conn.sock, RECV_BYTES)
+            except OSError:
+                self._disconnect(conn)
+                break
+            if got is None:
+                break
+            data, rx_ns = got
+            if not data:
+                self._disconnect(conn)
+                break
+            handled += self._on_read(conn, data, rx_ns or 0)
+        return handled
+
+    def _on_read(self, conn: _Connection, data: bytes, rx_ns: int) -> int:
+        seen_ns = rx_ns or time.time_ns()
+        self.counts["bytes"] += len(data)
+        self.counts["unstamped_reads"] += not rx_ns
+        if not conn.inbox:
+            conn.first_rx_ns, conn.first_seen_ns, conn.segments = rx_ns, seen_ns, 0
+        conn.segments += 1
+        conn.inbox += data
+        handled = 0
+        while self._conn is conn and conn.inbox:
+            try:
+                size = self._message_size(conn.inbox)
+            except ProtocolError:
+                self.counts["malformed"] += 1
+                self._disconnect(conn)
+                break
+            if size is None:
+                break
+            message = bytes(conn.inbox[:size])
+            del conn.inbox[:size]
+            waited = seen_ns - conn.first_seen_ns
+            penalised = waited > self.partial_timeout_ns
+            if penalised and self.partial_rule == "timeout":
+                self.counts["partial_timeouts"] += 1
+                self._disconnect(conn)
+                break
+            self.counts["partial_penalised"] += penalised
+            arrival = _Arrival(conn.first_rx_ns, rx_ns, conn.segments, size, conn.stream_offset, conn.number,
+                               seen_ns + (self.partial_penalty_ns if penalised else 0), penalised)
+            conn.stream_offset += size
+            conn.first_rx_ns, conn.first_seen_ns, conn.segments = rx_ns, seen_ns, 1   # the next one starts here
+            if self._handle(conn, message, arrival):
+                handled += 1
+        return handled
+
+    def _message_size(self, inbox: bytearray) -> int | None:
+        """Bytes of the message at the start of inbox; None if its header is not all here yet."""
+        if self.protocol == "binary":
+            if len(inbox) < wire.HEADER_BYTES:
+                return None
+            length, msg_type = inbox[0] | inbox[1] << 8, inbox[2]
+            if msg_type not in CLIENT_TYPES:
+                raise ProtocolError(f"unknown order entry type {msg_type:#04x}")
+            if length != wire.SIZE_BY_TYPE[msg_type]:
+                raise ProtocolError(f"order entry length {length} is not {wire.SIZE_BY_TYPE[msg_type]}")
+            return length if len(inbox) >= length else None
+        start = bytes(inbox[:len(FIX_START)])
+        if not FIX_START.startswith(start):
+            raise ProtocolError("bytes that do not start a FIX 4.2 message")
+        end_of_length = inbox.find(fix.SOH, len(FIX_START), len(FIX_START) + FIX_LENGTH_DIGITS + 1)
+        if end_of_length < 0:
+            if len(inbox) > len(FIX_START) + FIX_LENGTH_DIGITS:
+                raise ProtocolError("FIX BodyLength is not 3 digits")
+            return None
+        digits = bytes(inbox[len(FIX_START):end_of_length])
+        if not digits.isdigit():
+            raise ProtocolError(f"FIX BodyLength {digits!r} is not a number")
+        size = end_of_length + 1 + int(digits) + len(b"10=000") + 1
+        if size not in FIX_SIZES:
+            raise ProtocolError(f"FIX message of {size} bytes is neither a NewOrderSingle nor a cancel")
+        return size if len(inbox) >= size else None
+
+    # -- one message -------------------------------------------------------------------------
+    def _handle(self, conn: _Connection, message: bytes, arrival: _Arrival) -> bool:
+        """Give one complete message to the matching engine and answer it. False if malformed."""
+        try:
+            request = self._decode(conn, message)
+        except ProtocolError:
+            self.counts["malformed"] += 1
+            self._disconnect(conn)
+            return False
+        self.counts["messages"] += 1
+        if request.kind == "void":
+            self.counts["voids"] += 1
+            events = []
+        elif request.kind == "new":
+            events = self.matching.new_order(request.instrument, request.side, request.price, request.qty,
+                                             request.time_in_force, request.client_order_id, arrival.handled_ns)
+        else:
+            events = self.matching.cancel(request.client_order_id, request.orig_client_order_id, arrival.handled_ns)
+        self._rows.append((self.venue, request.kind, request.client_order_id, request.trigger_seq, *arrival,
+                           *_outcome(request.kind, events)))
+        if events:
+            self._send(conn, events)
+        return True
+
+    def _decode(self, conn: _Connection, message: bytes) -> _Request:
+        if self.protocol == "binary":
+            if message[2] == wire.CANCEL_TYPE:
+                cancel = gather(message, [0], wire.CANCEL_DTYPE)[0]
+                return _Request("cancel", int(cancel["client_order_id"]), int(cancel["trigger_seq"]),
+                                orig_client_order_id=int(cancel["orig_client_order_id"]))
+            order = gather(message, [0], wire.NEW_ORDER_DTYPE)[0]      # codes are the matching engine's to check
+            return _Request("void" if order["qty"] == 0 else "new", int(order["client_order_id"]),
+                            int(order["trigger_seq"]), int(order["instrument"]), int(order["side"]),
+                            int(order["price"]), int(order["qty"]), int(order["time_in_force"]))
+        decoded = fix.decode_fix(message)
+        if isinstance(decoded, fix.ExecutionReport):
+            raise ProtocolError("an ExecutionReport from the client")
+        conn.fix_ids = (decoded.target, decoded.sender)
+        if isinstance(decoded, fix.OrderCancelRequest):
+            return _Request("cancel", decoded.client_order_id, decoded.trigger_seq,
+                            orig_client_order_id=decoded.orig_client_order_id)
+        return _Request("void" if decoded.qty == 0 else "new", decoded.client_order_id, decoded.trigger_seq,
+                        _instrument_of(decoded.symbol), decoded.side, decoded.price, decoded.qty,
+                        decoded.time_in_force)
+
+    # -- answering ---------------------------------------------------------------------------
+    def _on_feed_events(self, events: list[Event]) -> None:
+        """Fills of resting orders the venue's feed caused (the matching engine's listener)."""
+        if self._conn is not None:
+            self._send(self._conn, events)
+
+    def _send(self, conn: _Connection, events: list[Event]) -> None:
+        encode = _binary_reply if self.protocol == "binary" else self._fix_reply
+        data = memoryview(b"".join(encode(conn, event) for event in events))
+        while data:
+            try:
+                data = data[conn.sock.send(data):]
+            except BlockingIOError:
+                select.select([], [conn.sock], [], SEND_WAIT_S)
+            except OSError:
+                self._disconnect(conn)
+                return
+
+    def _fix_reply(self, conn: _Connection, event: Event) -> bytes:
+        if event.kind == "fill":
+            status = "1" if event.leaves_qty else "2"
+        else:
+            status = FIX_REPORT_TYPES[event.kind]
+        sender, target = conn.fix_ids
+        report = fix.ExecutionReport(
+            sender, target, conn.fix_seq, time.time_ns(), event.venue_order_id, event.client_order_id,
+            event.exec_id, status, status, f"{max(event.instrument, 0):08d}", event.side, max(event.order_qty, 0),
+            event.qty, event.price if event.kind == "fill" else 0, event.leaves_qty, event.cum_qty,
+            event.avg_price, event.venue_ts_ns)
+        conn.fix_seq += 1
+        return report.encode()
+
+
+def _binary_reply(_conn: _Connection, event: Event) -> bytes:
+    request_type = wire.NEW_ORDER_TYPE if event.request == "new" else wire.CANCEL_TYPE
+    if event.kind == "ack":
+        return wire.Ack(wire.NEW_ORDER_TYPE, event.client_order_id, event.venue_order_id, event.venue_ts_ns).encode()
+    if event.kind == "cancelled":
+        return wire.Ack(wire.CANCEL_TYPE, event.client_order_id, event.venue_order_id, event.venue_ts_ns).encode()
+    if event.kind == "fill":
+        return wire.Fill(event.side, event.client_order_id, event.venue_order_id, event.exec_id, event.price,
+                         event.qty, event.leaves_qty, event.venue_ts_ns).encode()
+    return wire.Reject(request_type, event.reason, event.client_order_id, event.venue_ts_ns).encode()
+
+
+def _outcome(kind: str, events: list[Event]) -> tuple[str, int, int]:
+    """(outcome, qty filled at once, reject reason) of one request."""
+    if kind == "void":
+        return "void", 0, 0
+    filled = sum(e.qty for e in events if e.kind == "fill")
+    reject = next((e.reason for e in events if e.kind == "reject"), 0)
+    if reject:
+        return "rejected", 0, reject
+    return ("acked" if kind == "new" else "cancelled"), filled, 0
+
+
+def _instrument_of(symbol: str) -> int:
+    """The instrument id in a FIX Symbol: its digits ("00000042" or "I0000042"); -1 if none."""
+    digits = symbol.lstrip("I")
+    return int(digits) if digits.isdigit() else -1
