@@ -25,11 +25,21 @@ exactly, in integer ns.
 """
 from __future__ import annotations
 
+import zipfile
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from engine.clock import Calibration
-from lab.capture.taps import HostLink
+from engine.telemetry import read_telemetry
+from lab.analysis.correlation import causality, envelope, run_calibration
+from lab.analysis.measure import MeasureError, MeasureOptions, measure
+from lab.analysis.stats import summarize
+from lab.capture.runinfo import read_run_info
+from lab.capture.taps import EXCHANGE_TAP, HOST_TAP, HostLink
+from simulator.scenario import parse_scenario
 
+CHAIN = ("t_md", "kernel_rx", "app_in", "decision", "app_out", "kernel_tx", "host_out", "arbiter")
 STAGES = ("wire_in", "kernel_rx_to_app_in", "app", "app_out_to_kernel_tx", "nic_tx", "order_path",
           "less_baseline_path")
 
@@ -82,3 +92,40 @@ def implied(host: dict, exchange: dict, orders: np.ndarray, calibration: Calibra
 def _sorted(table: dict) -> dict:
     order = np.argsort(table["md_seq"], kind="stable")
     return {name: values[order] for name, values in table.items()}
+
+
+@dataclass
+class RunMeasurement:
+    """A `lab run` capture and its telemetry, measured: per-trigger rows and the JSON figures."""
+    rows: dict[str, np.ndarray]
+    figures: dict
+
+
+def measure_run(pcap, telemetry, host: dict | None = None, options: MeasureOptions | None = None) -> RunMeasurement:
+    """host: the host tap's per-trigger columns when the caller has measured it already."""
+    info = read_run_info(pcap)
+    if info is None:
+        raise MeasureError(f"{pcap}: not a capture written by lab run (no run info); --telemetry needs one")
+    try:
+        orders, _engine_calibration, meta = read_telemetry(telemetry)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise MeasureError(f"{telemetry}: not a readable wirelab telemetry file ({reason})") from None
+    options = replace(options or MeasureOptions(), per_trigger_sink=None, progress=None)
+    if host is None:
+        host = measure(pcap, replace(options, interface=HOST_TAP)).per_trigger
+    exchange = measure(pcap, replace(options, interface=EXCHANGE_TAP)).per_trigger
+    calibration, clock = run_calibration(info["clock_samples"]["start"], info["clock_samples"]["end"])
+    link = HostLink(parse_scenario(info["scenario_toml"], info["scenario"]))
+    rows = implied(host, exchange, orders, calibration, link, info["order_l3_header_bytes"])
+    figures = {
+        "telemetry": {"file": str(telemetry), "strategy": meta.get("strategy"), "orders": int(len(orders)),
+                      "triggers": int(len(rows["md_seq"]))},
+        "scenario": info["scenario"],
+        "implied_tick_to_trade_ns": summarize(rows["implied_tick_to_trade_ns"]),
+        "decomposition_ns": {stage: {key: summarize(rows[f"{stage}_ns"])[key] for key in ("p50", "p99", "mean")}
+                             for stage in STAGES},
+        "correlation": {**clock, **causality({name: rows[f"{name}_ns"] for name in CHAIN}),
+                        "kernel_rx_to_app_in_envelope": envelope(rows["kernel_rx_ns"], rows["app_in_ns"])},
+    }
+    return RunMeasurement(rows, figures)

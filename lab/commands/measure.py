@@ -4,15 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import zipfile
-from dataclasses import replace
 
 import numpy as np
 
-from engine.telemetry import read_telemetry
 from lab.analysis import convention
-from lab.analysis.correlation import causality, envelope, run_calibration
-from lab.analysis.implied import STAGES, implied
+from lab.analysis.implied import measure_run
 from lab.analysis.match import MatchError, parse_match
 from lab.analysis.measure import (
     MeasureError,
@@ -25,11 +21,9 @@ from lab.analysis.measure import (
 from lab.analysis.stats import SUMMARY_KEYS, ExportError, TableWriter, summarize, write_hgrm, write_plot
 from lab.capture.records import skipped_report
 from lab.capture.runinfo import read_run_info
-from lab.capture.taps import EXCHANGE_TAP, HOST_TAP, HostLink
-from lab.cli import describe
+from lab.capture.taps import HOST_TAP
 from lab.progress import ProgressBar
 from lab.table import render
-from simulator.scenario import parse_scenario
 from simulator.units import UnitError, format_rate, parse_duration, parse_rate
 
 LISTED = 100   # misses and duplicates listed in the JSON (all are counted)
@@ -128,7 +122,7 @@ def run(args) -> int:
     document = to_json(result)
     if args.telemetry:
         host = {name: np.concatenate([rows[name] for rows in kept]) for name in kept[0]} if kept else None
-        document.update(run_figures(args, options, info, host))
+        document.update(measure_run(args.pcap, args.telemetry, host, options).figures)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
@@ -186,31 +180,6 @@ def to_json(result: Measurement) -> dict:
     if result.damage:
         document["skipped"] = skipped_report(result.damage)
     return document
-
-
-def run_figures(args, options: MeasureOptions, info: dict, host: dict | None) -> dict:
-    """`lab run` captures with telemetry: implied tick-to-trade, stages and clock correlation."""
-    try:
-        orders, _engine_calibration, meta = read_telemetry(args.telemetry)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise MeasureError(f"{args.telemetry}: not a readable wirelab telemetry file ({describe(exc)})") from None
-    exchange = measure(args.pcap, replace(options, interface=EXCHANGE_TAP, per_trigger_sink=None, progress=None))
-    calibration, clock = run_calibration(info["clock_samples"]["start"], info["clock_samples"]["end"])
-    link = HostLink(parse_scenario(info["scenario_toml"], info["scenario"]))
-    empty = {name: np.zeros(0, np.int64) for name in ("md_seq", "t_md_ns", "order_last_frame_first_bit_ns")}
-    rows = implied(host or empty, exchange.per_trigger, orders, calibration, link, info["order_l3_header_bytes"])
-    chain = {name: rows[f"{name}_ns"] for name in ("t_md", "kernel_rx", "app_in", "decision", "app_out",
-                                                   "kernel_tx", "host_out", "arbiter")}
-    return {
-        "telemetry": {"file": args.telemetry, "strategy": meta.get("strategy"), "orders": int(len(orders)),
-                      "triggers": int(len(rows["md_seq"]))},
-        "scenario": info["scenario"],
-        "implied_tick_to_trade_ns": summarize(rows["implied_tick_to_trade_ns"]),
-        "decomposition_ns": {stage: {key: summarize(rows[f"{stage}_ns"])[key] for key in ("p50", "p99", "mean")}
-                             for stage in STAGES},
-        "correlation": {**clock, **causality(chain),
-                        "kernel_rx_to_app_in_envelope": envelope(rows["kernel_rx_ns"], rows["app_in_ns"])},
-    }
 
 
 def to_text(result: Measurement, document: dict, args) -> str:

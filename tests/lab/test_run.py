@@ -109,21 +109,12 @@ def test_tcp_prefix_is_negative_latency_and_none_is_not(runs):
 @needs_root
 @pytest.mark.parametrize("strategy", ["tcp-prefix", "none"])
 def test_stages_sum_to_the_implied_tick_to_trade(runs, strategy):
-    from engine.telemetry import read_telemetry
-    from lab.analysis.correlation import run_calibration
-    from lab.analysis.implied import STAGES, implied
+    from lab.analysis.implied import STAGES, measure_run
     from lab.capture.runinfo import read_run_info
-    from lab.capture.taps import HostLink
-    from lab.analysis.measure import MeasureOptions, measure
-    from simulator.scenario import parse_scenario
 
     run, measured, pcap = runs[strategy]
     info = read_run_info(pcap)
-    taps = {tap: measure(pcap, MeasureOptions(interface=tap)).per_trigger for tap in ("host-tap", "exchange-tap")}
-    orders, _cal, _meta = read_telemetry(run["telemetry"])
-    calibration, _clock = run_calibration(info["clock_samples"]["start"], info["clock_samples"]["end"])
-    rows = implied(taps["host-tap"], taps["exchange-tap"], orders, calibration,
-                   HostLink(parse_scenario(info["scenario_toml"])), info["order_l3_header_bytes"])
+    rows = measure_run(pcap, run["telemetry"]).rows
     assert len(rows["md_seq"]) == measured["telemetry"]["triggers"] > 5
     total = sum(rows[f"{stage}_ns"] for stage in STAGES)
     assert np.abs(total - rows["implied_tick_to_trade_ns"]).max() <= 1

@@ -140,3 +140,19 @@ def test_stages_telescope_to_the_implied_tick_to_trade():
     assert rows["app_ns"].tolist() == [100, 100]
     total = sum(rows[f"{stage}_ns"] for stage in STAGES)
     assert total.tolist() == rows["implied_tick_to_trade_ns"].tolist()
+
+
+def test_telemetry_needs_a_run_capture_and_a_telemetry_file(tmp_path, lab):
+    plain = tmp_path / "plain.pcapng"
+    with PcapngWriter(plain, [Interface(1, "1e-9", 0, "x")]) as writer:
+        writer.write(0, 1, md_frame(1))
+    done = lab("measure", "--pcap", plain, "--telemetry", tmp_path / "none.tel")
+    assert done.returncode == 2 and "not a capture written by lab run" in done.stderr
+    run = tmp_path / "run.pcapng"
+    with PcapngWriter(run, [Interface(1, "1e-9", 0, "host-tap")], comment=run_info_comment({})) as writer:
+        writer.write(0, 1, md_frame(1))
+    (tmp_path / "junk.tel").write_bytes(b"not an npz")
+    for telemetry in ("missing.tel", "junk.tel"):
+        done = lab("measure", "--pcap", run, "--telemetry", tmp_path / telemetry)
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+        assert f"{telemetry}: not a readable wirelab telemetry file" in done.stderr
