@@ -63,7 +63,8 @@ class Session:
     primed: int | None = None                  # wire id whose prefix is on the wire
     primed_end: int = 0                        # stream offset of that prefix's last byte
     next_wire_id: int = 1
-    to_overseer: dict = field(default_factory=dict)   # wire id -> (overseer id, is cancel, target)
+    to_overseer: dict = field(default_factory=dict)   # wire id -> (overseer id, is cancel, target), while live
+    wire_of: dict = field(default_factory=dict)       # overseer id of a live order -> its wire id
     prefix_tx_ns: dict = field(default_factory=dict)  # wire id -> kernel TX stamp of its prefix
     prefix_end: dict = field(default_factory=dict)    # stream end offset of a prefix -> wire id
     inbox: bytearray = field(default_factory=bytearray)
@@ -111,6 +112,8 @@ class OrderGateway:
                 self.on_disconnect(session)
             session.sock.close()
         session.sock = None
+        session.to_overseer.clear()                    # the venue cancels on disconnect: nothing is live
+        session.wire_of.clear()
         session.retry_at = time.monotonic() + self.backoff_s
         self.counts["disconnects"] += 1
         self.accounts.publish(ACCOUNT.pack(0, tsc(), 0, 0, session.venue, ord("D"), 0, 0, 0, 0, 0))
@@ -190,6 +193,7 @@ class OrderGateway:
         if not self._send(session, data):
             return
         session.to_overseer[wire_id] = (client_id, False, 0)
+        session.wire_of[client_id] = wire_id
         prefix_ns = session.prefix_tx_ns.pop(wire_id, 0)
         prefix_end = None
         if primed is not None and not prefix_ns:       # its stamp is still to come: telemetry takes it
@@ -204,8 +208,7 @@ class OrderGateway:
 
     def _cancel(self, session: Session, request_id: int, md_seq: int, target: int, instrument: int, side: int,
                 qty: int) -> None:
-        target_wire = next((w for w, (oid, is_cancel, _) in session.to_overseer.items()
-                            if oid == target and not is_cancel), None)
+        target_wire = session.wire_of.get(target)
         if target_wire is None:
             self.counts["cancel of an unknown order"] += 1
             return
@@ -340,9 +343,14 @@ class OrderGateway:
             if is_cancel:                              # about our cancel request: only "cancelled" matters
                 if kind == "X":
                     self._account(now, target, report.order_id, session.venue, "X", 0, 0, 0, 0, rx_ns)
+                    _forget(session, session.wire_of.get(target))
+                if kind in ("X", "R"):
+                    _forget(session, report.client_order_id)
                 continue
             self._account(now, oid, report.order_id, session.venue, kind, report.side, report.last_price,
                           report.last_qty, report.leaves_qty, rx_ns)
+            if kind in ("X", "R") or (kind == "F" and report.leaves_qty == 0):
+                _forget(session, report.client_order_id)
         if frames.error:
             self.counts["malformed venue messages"] += 1
             self._disconnected(session)
@@ -356,21 +364,34 @@ class OrderGateway:
             oid, is_cancel, target = session.to_overseer.get(wire_id, (0, False, 0))
             if acked == wire.CANCEL_TYPE:               # an order is gone: by our cancel, or an IOC
                 self._account(now, target if is_cancel else oid, venue_order, session.venue, "X", 0, 0, 0, 0, rx_ns)
+                if is_cancel:
+                    _forget(session, session.wire_of.get(target))
+                _forget(session, wire_id)
             else:
                 self._account(now, oid, venue_order, session.venue, "A", 0, 0, 0, 0, rx_ns)
         elif kind == wire.FILL_TYPE:
             _len, _type, side, wire_id, venue_order, _exec, price, qty, leaves, _ts = FILL.unpack(message)
             oid = session.to_overseer.get(wire_id, (0, False, 0))[0]
             self._account(now, oid, venue_order, session.venue, "F", side, price, qty, leaves, rx_ns)
+            if leaves == 0:
+                _forget(session, wire_id)
         elif kind == wire.REJECT_TYPE:
             _len, _type, _rejected, _reason, wire_id, _ts = REJECT.unpack(message)
             oid, is_cancel, target = session.to_overseer.get(wire_id, (0, False, 0))
             self.counts["rejects"] += 1
             if not is_cancel:
                 self._account(now, oid, 0, session.venue, "R", 0, 0, 0, 0, rx_ns)
+            _forget(session, wire_id)
         else:
             self.counts["unexpected venue messages"] += 1
 
     def _account(self, now, oid, venue_order, venue, kind, side, price, qty, leaves, rx_ns):
         self.accounts.publish(ACCOUNT.pack(now, now, oid, venue_order, venue, ord(kind), side, price, qty,
                                            leaves, rx_ns))
+
+
+def _forget(session: Session, wire_id: int | None) -> None:
+    """A finished order or cancel request: nothing more will come about it (keeps the maps small)."""
+    entry = session.to_overseer.pop(wire_id, None)
+    if entry is not None and not entry[1]:
+        session.wire_of.pop(entry[0], None)

@@ -60,7 +60,7 @@ class Overseer:
         self.limits = limits or RiskLimits()
         self.seen = {slot: 0 for slot in self.slots}     # vector version last acted on
         self.working: dict[int, Order] = {}              # slot -> its resting (DAY) order
-        self.orders: dict[int, Order] = {}               # client_order_id -> order
+        self.orders: dict[int, Order] = {}               # client_order_id -> order, until it is done
         self.accounts: dict[int, VenueAccount] = {}
         self.next_id = first_order_id
         self.refused: Counter[str] = Counter()
@@ -203,6 +203,7 @@ class Overseer:
         if order.state == "done":
             return
         order.state = "done"
+        del self.orders[order.client_order_id]     # nothing more comes about it: the map stays small
         self.account(order.venue).open_orders -= 1
         if self.working.get(order.slot) is order:
             del self.working[order.slot]

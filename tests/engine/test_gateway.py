@@ -83,3 +83,45 @@ def test_fix_session_sends_cancels_as_order_cancel_requests(strategy):
     assert gateway.counts["cancels"] == 1 and gateway.counts["voided"] == voided
     update = ACCOUNT.unpack(accounts.messages[-1])      # the venue's "cancelled" is about order 11
     assert (update[2], update[5]) == (11, ord("X"))
+
+
+def test_finished_orders_and_cancels_leave_the_gateways_maps():
+    """Over a long run the maps from wire ids to the Overseer's ids must not grow: an order is
+    forgotten once filled, rejected or cancelled, and a cancel request once answered."""
+    server = socket.create_server(("127.0.0.1", 0))
+    session = Session(1, "127.0.0.1", server.getsockname()[1])
+    accounts = Collector()
+    gateway = OrderGateway([session], None, accounts, TelemetryRecorder(), "none")
+    gateway.connect_all()
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    try:
+        for oid in range(1, 4):                                     # 3 orders: filled, rejected, resting
+            gateway.submit(request(oid, "N", wire.BUY, wire.DAY, 100, 2))
+        received = b""
+        while len(received) < 3 * wire.NEW_ORDER_SIZE:
+            received += conn.recv(65536)
+        wire_ids = [wire.decode_order(received[i:i + 48]).client_order_id for i in range(0, 144, 48)]
+        live_after_orders = dict(session.to_overseer)
+        conn.sendall(wire.Ack(wire.NEW_ORDER_TYPE, wire_ids[0], 1, 0).encode()
+                     + wire.Fill(wire.BUY, wire_ids[0], 1, 1, 100, 1, 1, 0).encode()
+                     + wire.Fill(wire.BUY, wire_ids[0], 1, 2, 100, 1, 0, 0).encode()
+                     + wire.Reject(wire.NEW_ORDER_TYPE, 3, wire_ids[1], 0).encode()
+                     + wire.Ack(wire.NEW_ORDER_TYPE, wire_ids[2], 3, 0).encode())
+        kinds = lambda: [ACCOUNT.unpack(m)[5] for m in accounts.messages]   # noqa: E731
+        while kinds().count(ord("A")) < 2:
+            gateway.poll_sockets()
+        live_after_replies = dict(session.to_overseer)
+        gateway.submit(request(4, "C", wire.BUY, wire.DAY, 100, 2, target=3))
+        cancel = wire.decode_order(conn.recv(65536))
+        conn.sendall(wire.Ack(wire.CANCEL_TYPE, cancel.client_order_id, 3, 0).encode())
+        while ord("X") not in kinds():
+            gateway.poll_sockets()
+    finally:
+        gateway.close()
+        conn.close()
+        server.close()
+    assert set(live_after_orders) == set(wire_ids)
+    assert live_after_replies == {wire_ids[2]: (3, False, 0)}     # only the resting order is live
+    assert session.to_overseer == {} and session.wire_of == {}
+    assert ACCOUNT.unpack(accounts.messages[-1])[2] == 3 and ACCOUNT.unpack(accounts.messages[-1])[5] == ord("X")

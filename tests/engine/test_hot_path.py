@@ -101,3 +101,6 @@ def test_direct_hand_over_publishes_what_the_queue_path_publishes():
         assert fast == slow
         assert single.md.handled == queued.md.handled == 400 and single.md.dropped == queued.md.dropped
         assert single.overseer.accounts[1].positions == queued.overseer.accounts[1].positions
+        for engine in (single, queued):        # only live orders are kept: the map does not grow with the run
+            assert len(engine.overseer.orders) <= len(engine.models)
+            assert all(order.state != "done" for order in engine.overseer.orders.values())

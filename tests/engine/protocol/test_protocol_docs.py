@@ -9,13 +9,13 @@ DOC = (Path(__file__).parents[3] / "docs" / "protocol.md").read_text()
 
 def test_every_layout_table_is_in_the_docs():
     layouts = [md.HEADER, md.UPDATE, md.TRADE, *orders.LAYOUTS.values(),
-               fix.NEW_ORDER_SINGLE, fix.EXECUTION_REPORT]
+               fix.NEW_ORDER_SINGLE, fix.ORDER_CANCEL_REQUEST, fix.EXECUTION_REPORT]
     for layout in layouts:
         assert layout.table() in DOC, layout.name
     for constant in ("NEW_ORDER_SIZE", "NEW_ORDER_PREFIX_BYTES", "NEW_ORDER_TRIGGER_SEQ_OFFSET"):
         assert f"`{constant} = {getattr(orders, constant)}`" in DOC
     for constant in ("NEW_ORDER_SINGLE_SIZE", "NEW_ORDER_SINGLE_PREFIX_BYTES",
-                     "NEW_ORDER_SINGLE_TRIGGER_SEQ_OFFSET"):
+                     "NEW_ORDER_SINGLE_TRIGGER_SEQ_OFFSET", "ORDER_CANCEL_REQUEST_SIZE"):
         assert f"`{constant} = {getattr(fix, constant)}`" in DOC
 
 
