@@ -16,6 +16,7 @@ from lab.errors import USER_ERRORS
 COMMANDS = {
     "scenarios": "scenarios",
     "simulate": "simulate",
+    "compare": "compare",
     "demo": "demo",
     "synth": "synth",
     "info": "info",

@@ -123,6 +123,19 @@ def parse_strategy(name: str) -> tuple[str, bool]:
     return (send[0] if send else "none"), early_read
 
 
+def default_strategies(scenario: Scenario) -> list[str]:
+    """Every strategy the scenario supports: send-side ones need a prefix (or an out-of-order span),
+    early-read needs the MD field it reads early."""
+    if scenario.order_path is None:
+        return []
+    chosen = ["none"]
+    if scenario.order.prefix_bytes or scenario.order.ooo_bytes:
+        chosen += [s for s in STRATEGIES if s not in ("none", "early-read")]
+    if scenario.market_data.early_read_bytes:
+        chosen += ["early-read"] + (["tcp-prefix+early-read"] if scenario.order.prefix_bytes else [])
+    return chosen
+
+
 def plan_send(kind: str, order: Order, path: Path) -> SendPlan:
     whole = order.l3_bytes
     if kind == "none":

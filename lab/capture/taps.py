@@ -141,7 +141,8 @@ def build_taps(raw: PacketBatch, linktypes: list[int], scenario: Scenario, feed_
                          np.zeros(len(keep), np.uint16), np.zeros(len(keep), np.int8))
     return TapCapture(
         kinds={"md": int(is_md.sum()), "md_unscheduled": int((~found).sum()), "to_venue": int(out.sum()),
-               "to_venue_kernel_tx_stamped": restamped, "from_venue": int((~out & ~is_md).sum())},
+               "to_venue_data": int(data_segments.sum()), "to_venue_kernel_tx_stamped": restamped,
+               "from_venue": int((~out & ~is_md).sum())},
         order_l3_header_bytes=int(np.median(header)) if len(header) else 0,
         frames=frames, host_ns=host_ns, host_direction=np.where(out, OUTBOUND, INBOUND).astype(np.int8),
         exchange=np.concatenate([np.flatnonzero(is_md), np.flatnonzero(out)]),

@@ -58,7 +58,7 @@ def register(sub):
     p.add_argument("--line-rate", type=_argument(parse_rate), metavar="RATE",
                    help='link rate at the tap, e.g. "10Gbps": converts software stamps and gives each '
                         "order's last-byte time")
-    p.add_argument("--match", type=_argument(parse_match), default=parse_match("trigger"),
+    p.add_argument("--match", type=_argument(parse_match), default="trigger",
                    metavar="trigger|nearest|fix-tag:N",
                    help="trigger: the order's trigger seq (default); nearest: first order after each MD; "
                         "fix-tag:N: FIX tag N holds the MD seq")
@@ -66,7 +66,7 @@ def register(sub):
                    help="only UDP to this address is market data (any datagram there counts)")
     p.add_argument("--order-flow", type=_argument(parse_endpoint), metavar="IP:PORT",
                    help="only TCP to this address carries orders")
-    p.add_argument("--match-window", type=_argument(parse_duration), default=parse_duration("1s"), metavar="DURATION",
+    p.add_argument("--match-window", type=_argument(parse_duration), default="1s", metavar="DURATION",
                    help="how long after it an MD message can still be matched when the capture is read in parts "
                         "(captures over 2Mi packets); default 1s")
     p.add_argument("--interface", metavar="NAME",

@@ -5,8 +5,8 @@ import json
 
 from lab.errors import LabError
 from lab.table import render
-from simulator.scenario import Scenario, load_scenario
-from simulator.strategies import DESCRIPTIONS, STRATEGIES, Simulation, parse_strategy, simulate
+from simulator.scenario import load_scenario
+from simulator.strategies import DESCRIPTIONS, Simulation, default_strategies, parse_strategy, simulate
 from simulator.units import format_ps
 
 
@@ -24,17 +24,6 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="write a space-time diagram")
     p.set_defaults(run=run)
-
-
-def default_strategies(scenario: Scenario) -> list[str]:
-    if scenario.order_path is None:
-        return []
-    chosen = ["none"]
-    if scenario.order.prefix_bytes or scenario.order.ooo_bytes:
-        chosen += [s for s in STRATEGIES if s not in ("none", "early-read")]
-    if scenario.market_data.early_read_bytes:
-        chosen += ["early-read"] + (["tcp-prefix+early-read"] if scenario.order.prefix_bytes else [])
-    return chosen
 
 
 def run(args) -> int:

@@ -75,7 +75,7 @@ def test_every_order_is_matched_and_causal(runs, name):
     assert measured["unmatched_orders"] == 0
     assert measured["telemetry"]["triggers"] == measured["matched"]
     correlation = measured["correlation"]
-    assert correlation["causality_violations"] == 0, correlation["by_pair"]
+    assert correlation["causality_violations"] == 0, json.dumps(correlation["by_pair"])
     assert correlation["residual_p99_ns"] <= 1000
     assert "drift_ppm" in correlation
     assert run["capture"]["drops"] == 0

@@ -1,4 +1,4 @@
-"""`lab scenarios`, `lab simulate` and `lab demo` as a user runs them."""
+"""`lab scenarios` and `lab simulate` as a user runs them (`lab demo`: test_demo.py)."""
 import json
 
 import pytest
@@ -59,10 +59,3 @@ def test_subcommands_have_help(lab):
     for command in ("scenarios", "simulate", "demo"):
         result = lab(command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
-
-
-def test_demo_shows_the_krx_case(lab, tmp_path):
-    result = lab("demo", "--out", tmp_path / "out")
-    assert result.returncode == 0, result.stderr
-    assert "-569.8 us" in result.stdout and "-565 us" in result.stdout
-    assert (tmp_path / "out" / "krx-2008-spacetime.png").read_bytes()[:4] == b"\x89PNG"

@@ -50,8 +50,8 @@ def test_taps_move_each_frame_to_its_tap_by_the_scenarios_numbers():
     transit_ps = np.array([15_000_000_000, 16_000_000_000], np.int64)
     kernel_tx = np.array([1_100_300, 0], np.int64)     # the engine stamped its first order's send
     taps = build_taps(batch, [1], KRX, [FEED_PORT], [VENUE_PORT], np.array([1, 2], np.uint64), transit_ps, kernel_tx)
-    assert taps.kinds == {"md": 2, "md_unscheduled": 0, "to_venue": 2, "to_venue_kernel_tx_stamped": 1,
-                          "from_venue": 1}
+    assert taps.kinds == {"md": 2, "md_unscheduled": 0, "to_venue": 2, "to_venue_data": 2,
+                          "to_venue_kernel_tx_stamped": 1, "from_venue": 1}
     ip = [len(f) - 14 for f in frames]
     host = dict(zip(taps.frames.ts_ns.tolist(), taps.host_ns.tolist()))
     assert host[1_000_400] == 1_000_400 - ip[1] * NS_PER_BYTE_100M            # MD: delivery - wire time
