@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from engine.clock import paired_sample
+from engine.net import recv_stamped, udp_receiver
 from engine.protocol import md
 from engine.telemetry import read_telemetry
 from lab.capture import open_capture
@@ -225,6 +226,24 @@ class _Capture:
         self.process.join(5)
 
 
+def _wait_for_kernel_stamps(timeout_s: float = 2.0) -> bool:
+    """The kernel turns software RX stamping on asynchronously (a static key): probe a stamped
+    socket until a datagram comes back stamped, so the engine's first datagrams are stamped too."""
+    receiver = udp_receiver()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                probe.sendto(b"stamp?", receiver.getsockname())
+                time.sleep(0.001)
+                while (got := recv_stamped(receiver)) is not None:
+                    if got[1] is not None:
+                        return True
+    finally:
+        receiver.close()
+    return False
+
+
 def _clock_samples() -> list[list[int]]:
     rows = []
     for _ in range(CLOCK_SAMPLES):
@@ -314,6 +333,7 @@ def run(options: RunOptions) -> RunResult:
         addresses = [g.address for g in gateways]
         raw_path = os.path.join(workdir, "lo.pcapng")
         capture = _Capture(feed_ports + [port for _host, port in addresses], raw_path)
+        stamping = _wait_for_kernel_stamps()
         clock_start = _clock_samples()
         config_path = os.path.join(workdir, "engine.toml")
         with open(os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
@@ -375,7 +395,8 @@ def run(options: RunOptions) -> RunResult:
             messages=len(payloads), rate=rate, engine=summary, venues=[g.stats() for g in gateways],
             capture={**capture_stats, "frames_written": frames},
             delivery=delivery.summary(), taps=taps.kinds, seconds=time.monotonic() - started,
-            warnings=_warnings(capture_stats, delivery, summary))
+            warnings=_warnings(capture_stats, delivery, summary)
+            + ([] if stamping else ["the kernel gave no software RX stamp within 2 s of asking"]))
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         if engine is not None:

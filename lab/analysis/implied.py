@@ -55,6 +55,7 @@ def implied(host: dict, exchange: dict, orders: np.ndarray, calibration: Calibra
     """Per trigger found in all three (host tap, exchange tap, telemetry): the stamps, the stages and
     `implied_tick_to_trade_ns`. host/exchange: lab measure's per-trigger columns for each tap."""
     tel = first_order_per_trigger(orders)
+    tel = tel[(tel["kernel_rx_ns"] > 0) & (tel["kernel_tx_ns"] > 0)]      # see unstamped_triggers
     seqs = np.intersect1d(np.intersect1d(host["md_seq"], exchange["md_seq"]), tel["md_seq"].astype(host["md_seq"].dtype))
 
     def pick(table, column, key="md_seq"):
@@ -89,6 +90,12 @@ def implied(host: dict, exchange: dict, orders: np.ndarray, calibration: Calibra
             "implied_tick_to_trade_ns": stamps["arbiter"] - baseline}
 
 
+def unstamped_triggers(orders: np.ndarray) -> int:
+    """Triggers whose order lacks a kernel RX or TX stamp (the kernel gave none): left out of the rows."""
+    tel = first_order_per_trigger(orders)
+    return int(np.count_nonzero((tel["kernel_rx_ns"] <= 0) | (tel["kernel_tx_ns"] <= 0)))
+
+
 def _sorted(table: dict) -> dict:
     order = np.argsort(table["md_seq"], kind="stable")
     return {name: values[order] for name, values in table.items()}
@@ -120,7 +127,7 @@ def measure_run(pcap, telemetry, host: dict | None = None, options: MeasureOptio
     rows = implied(host, exchange, orders, calibration, link, info["order_l3_header_bytes"])
     figures = {
         "telemetry": {"file": str(telemetry), "strategy": meta.get("strategy"), "orders": int(len(orders)),
-                      "triggers": int(len(rows["md_seq"]))},
+                      "triggers": int(len(rows["md_seq"])), "unstamped_triggers": unstamped_triggers(orders)},
         "scenario": info["scenario"],
         "implied_tick_to_trade_ns": summarize(rows["implied_tick_to_trade_ns"]),
         "decomposition_ns": {stage: {key: summarize(rows[f"{stage}_ns"])[key] for key in ("p50", "p99", "mean")}

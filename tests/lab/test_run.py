@@ -73,6 +73,7 @@ def test_every_order_is_matched_and_causal(runs, name):
     assert measured["md_messages"] == MESSAGES
     assert measured["orders"] > 5
     assert measured["unmatched_orders"] == 0
+    assert measured["telemetry"]["unstamped_triggers"] == 0           # every datagram and send has its kernel stamp
     assert measured["telemetry"]["triggers"] == measured["matched"]
     correlation = measured["correlation"]
     assert correlation["causality_violations"] == 0, json.dumps(correlation["by_pair"])

@@ -6,7 +6,7 @@ from scapy.layers.l2 import Ether
 from wirecap import HOST, HOST_PORT, ISN, VENUE, VENUE_PORT, FEED_PORT, batch_of, md_frame, new_order, order_frame
 
 from lab.analysis.correlation import CorrelationError, causality, run_calibration
-from lab.analysis.implied import STAGES, implied
+from lab.analysis.implied import STAGES, implied, unstamped_triggers
 from lab.analysis.measure import MeasureOptions, measure
 from lab.capture import Interface, PcapngWriter
 from lab.capture.runinfo import read_run_info, run_info_comment, section_comments
@@ -140,6 +140,9 @@ def test_stages_telescope_to_the_implied_tick_to_trade():
     assert rows["app_ns"].tolist() == [100, 100]
     total = sum(rows[f"{stage}_ns"] for stage in STAGES)
     assert total.tolist() == rows["implied_tick_to_trade_ns"].tolist()
+    orders["kernel_rx_ns"][2] = 0                          # the kernel gave trigger 9 no RX stamp: left out
+    assert implied(host, exchange, orders, calibration, HostLink(KRX), 40)["md_seq"].tolist() == [7]
+    assert unstamped_triggers(orders) == 1
 
 
 def test_telemetry_needs_a_run_capture_and_a_telemetry_file(tmp_path, lab):
