@@ -4,9 +4,10 @@ One experiment, in order:
 
 1. The scenario's MD path says when each datagram's last bit reaches the host NIC
    (exchange departures at `rate`, queueing included).
-2. The loopback capture starts (a child process: AF_PACKET on `lo`, as root), then the
-   venues (order gateway + matching engine each), then the engine (`python -m engine`,
-   with telemetry and its persistence log).
+2. The loopback capture starts (a child process: AF_PACKET on `lo`, which needs
+   CAP_NET_RAW; without it, `auto` rebuilds the capture from the sockets' own stamps,
+   lab.capture.sockets), then the venues (order gateway + matching engine each), then the
+   engine (`python -m engine`, with telemetry and its persistence log).
 3. Once the engine has connected to every venue, the feed puts each datagram onto
    loopback at its instant; the venue loop serves the gateways while it waits.
 4. The engine is stopped with SIGINT (it writes telemetry and its log), the capture is
@@ -42,6 +43,7 @@ from engine.telemetry import read_telemetry
 from lab.capture import open_capture
 from lab.capture.live import LiveCapture
 from lab.capture.runinfo import run_info_comment
+from lab.capture.sockets import prefix_bytes, rebuild
 from lab.capture.taps import build_taps, write_taps
 from lab.errors import LabError
 from lab.venue.feed import FeedPublisher
@@ -52,6 +54,7 @@ from simulator.errors import SimulatorError
 from simulator.scenario import load_scenario, scenario_text
 
 REAL_STRATEGIES = ("none", "tcp-prefix")
+CAPTURES = ("auto", "packet", "sockets")
 MODELS = {   # the engine's trade models lab run can start, with their parameters
     "imbalance-taker": ["qty = 1", "threshold_pct = 70"],
     "join-the-touch": ["qty = 1", "max_spread = 2000000"],
@@ -88,6 +91,7 @@ class RunOptions:
     models: tuple[str, ...] = tuple(MODELS)   # per venue, on its one instrument
     feed: str = "synthetic"            # synthetic | log:PATH | pcap:PATH
     port: int = 0                      # first port to use (feeds, then gateways); 0: any free port
+    capture: str = "auto"              # packet (AF_PACKET on lo) | sockets (the sockets' stamps) | auto
     progress: Callable[[int, int], None] | None = None
 
 
@@ -127,6 +131,8 @@ def _check(options: RunOptions):
     unknown = [m for m in options.models if m not in MODELS]
     if unknown or not options.models:
         raise RunError(f"--models: {', '.join(unknown) or 'none given'}; choose from {', '.join(MODELS)}")
+    if options.capture not in CAPTURES:
+        raise RunError(f"--capture {options.capture!r}: choose from {', '.join(CAPTURES)}")
     if options.messages < 1 or options.venues < 1 or options.venues > 8:
         raise RunError("--messages must be >= 1 and --venues 1..8")
     if options.rate is not None and not options.rate > 0:
@@ -184,6 +190,7 @@ def engine_config(name: str, options: RunOptions, feeds: list[int], gateways: li
 def _capture_child(ports, raw_path, conn) -> None:
     """The capture process: capture until told to stop, then report stats (or the error)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)       # not the parent's handler: a SIGTERM just ends it
     try:
         capture = LiveCapture("lo", ports=ports, out=raw_path, directions="both").start()
     except Exception as exc:                             # reported to the parent as one line
@@ -205,9 +212,11 @@ class _Capture:
         self.process.start()
         child.close()
         if not self.conn.poll(10):
+            self.kill()
             raise RunError("the loopback capture did not start within 10 s")
         kind, value = self.conn.recv()
         if kind == "error":
+            self.process.join(5)
             raise RunError(f"cannot capture on lo: {value}")
 
     def stop(self) -> dict:
@@ -329,11 +338,20 @@ def run(options: RunOptions) -> RunResult:
         model = queue_model(options.queue_model)
         for i in range(K):
             gateways.append(OrderGateway(i + 1, MatchingEngine(i + 1, model), protocol=options.orders,
-                                         port=base + K + i if base else 0))
+                                         port=base + K + i if base else 0, keep_reads=True))
         addresses = [g.address for g in gateways]
         raw_path = os.path.join(workdir, "lo.pcapng")
-        capture = _Capture(feed_ports + [port for _host, port in addresses], raw_path)
-        stamping = _wait_for_kernel_stamps()
+        notes = []
+        if options.capture != "sockets":
+            try:
+                capture = _Capture(feed_ports + [port for _host, port in addresses], raw_path)
+            except RunError as exc:
+                if options.capture == "packet" or "CAP_NET_RAW" not in str(exc):
+                    raise
+                notes.append("no CAP_NET_RAW to capture on lo: the capture is rebuilt from the sockets' own "
+                             "kernel stamps (no engine ACKs, no venue replies; docs/run.md)")
+        if not _wait_for_kernel_stamps():
+            notes.append("the kernel gave no software RX stamp within 2 s of asking")
         clock_start = _clock_samples()
         config_path = os.path.join(workdir, "engine.toml")
         with open(os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
@@ -371,32 +389,41 @@ def run(options: RunOptions) -> RunResult:
             raise RunError(f"the engine exited with status {engine.process.returncode}: {engine.last_error()}")
         summary = engine.summary()
         clock_end = _clock_samples()
-        capture_stats = capture.stop()
-        capture = None
-
         sent_orders, _calibration, _meta = read_telemetry(telemetry)
-        with open_capture(raw_path) as raw:
-            batches = list(raw.batches(MAX_RUN_PACKETS, release=False))
-            if len(batches) != 1:
-                raise RunError(f"the loopback capture holds {'no' if not batches else 'too many'} packets")
-            taps = build_taps(batches[0], [i.linktype for i in raw.interfaces], scenario, feed_ports,
-                              [p for _h, p in addresses], np.sort(seqs), transit_ps[np.argsort(seqs)],
-                              np.concatenate([sent_orders["kernel_tx_ns"], sent_orders["prefix_kernel_tx_ns"]]))
+        kernel_tx = np.concatenate([sent_orders["kernel_tx_ns"], sent_orders["prefix_kernel_tx_ns"]])
+        gateway_ports = [p for _h, p in addresses]
+
+        def write(batch, linktypes, capture_kind: str) -> tuple[int, dict]:
+            taps = build_taps(batch, linktypes, scenario, feed_ports, gateway_ports, np.sort(seqs),
+                              transit_ps[np.argsort(seqs)], kernel_tx)
             info = {
                 "scenario": scenario.name, "scenario_toml": toml_text, "strategy": options.strategy,
                 "venues": K, "orders": options.orders, "messages": len(payloads), "rate": rate,
-                "feed_ports": feed_ports, "gateway_ports": [p for _h, p in addresses],
+                "capture": capture_kind, "feed_ports": feed_ports, "gateway_ports": gateway_ports,
                 "order_l3_header_bytes": taps.order_l3_header_bytes,
                 "clock_samples": {"start": clock_start, "end": clock_end},
             }
-            frames = write_taps(out, taps, scenario, run_info_comment(info))
+            return write_taps(out, taps, scenario, run_info_comment(info)), taps.kinds
+
+        if capture is not None:
+            capture_stats = {"kind": "packet", **capture.stop()}
+            capture = None
+            with open_capture(raw_path) as raw:
+                batches = list(raw.batches(MAX_RUN_PACKETS, release=False))
+                if len(batches) != 1:
+                    raise RunError(f"the loopback capture holds {'no' if not batches else 'too many'} packets")
+                frames, kinds = write(batches[0], [i.linktype for i in raw.interfaces], "packet")
+        else:
+            rebuilt = _rebuild_from_sockets(payloads, feed, delivery, publisher, feed_ports, gateways, sent_orders,
+                                            options)
+            capture_stats = {"kind": "sockets", "packets": len(rebuilt), "drops": 0}
+            frames, kinds = write(rebuilt, [1], "sockets")
         return RunResult(
             out=out, telemetry=telemetry, log=log, scenario=scenario.name, strategy=options.strategy,
             messages=len(payloads), rate=rate, engine=summary, venues=[g.stats() for g in gateways],
             capture={**capture_stats, "frames_written": frames},
-            delivery=delivery.summary(), taps=taps.kinds, seconds=time.monotonic() - started,
-            warnings=_warnings(capture_stats, delivery, summary)
-            + ([] if stamping else ["the kernel gave no software RX stamp within 2 s of asking"]))
+            delivery=delivery.summary(), taps=kinds, seconds=time.monotonic() - started,
+            warnings=notes + _warnings(capture_stats, delivery, summary))
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         if engine is not None:
@@ -414,6 +441,20 @@ def run(options: RunOptions) -> RunResult:
         if capture is not None:
             capture.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _rebuild_from_sockets(payloads, feed, delivery, publisher, feed_ports, gateways, sent_orders, options):
+    """The frames the sockets' own stamps can tell (lab.capture.sockets)."""
+    sent = []
+    for payload, app_ns in zip(payloads, delivery.app_ns.tolist()):     # the bytes as sent: send_ts set
+        patched = bytearray(payload)
+        struct.pack_into("<q", patched, md.HEADER.offset("send_ts_ns"), app_ns)
+        sent.append(bytes(patched))
+    venues = [(g.venue, g.address[1], g.reads, g.records(), g.accepted_ns) for g in gateways]
+    return rebuild(sent, feed.venue, delivery.kernel_tx_ns,
+                   {v: sock.getsockname()[1] for v, sock in publisher.sockets.items()},
+                   {i + 1: port for i, port in enumerate(feed_ports)}, venues, sent_orders,
+                   prefix_bytes(options.orders) if options.strategy == "tcp-prefix" else None)
 
 
 def _raise_interrupt(signum, frame):

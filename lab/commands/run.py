@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from lab.runner import MODELS, REAL_STRATEGIES, RunOptions, run as run_experiment
+from lab.runner import CAPTURES, MODELS, REAL_STRATEGIES, RunOptions, run as run_experiment
 from lab.arguments import bounded, positive_int
 from lab.progress import ProgressBar
 from lab.table import render
@@ -30,7 +30,8 @@ def register(sub):
         description="Start the venue(s), the engine and a loopback capture; put each market-data datagram "
                     "on loopback when the scenario says its last bit reaches the host NIC; stop everything "
                     "and write a hardware-style pcapng (host-tap and exchange-tap), the engine's telemetry "
-                    "and its persistence log. Needs root (AF_PACKET capture on lo). "
+                    "and its persistence log. The capture is AF_PACKET on lo (CAP_NET_RAW), or without it the "
+                    "sockets' own kernel stamps. "
                     "Then: lab measure --pcap OUT --telemetry TEL.")
     p.add_argument("--scenario", default="krx-2008", help="built-in scenario name or TOML file (default krx-2008)")
     p.add_argument("--strategy", required=True, choices=REAL_STRATEGIES, help="the engine's speculative-send strategy")
@@ -52,6 +53,9 @@ def register(sub):
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic market (default 1)")
     p.add_argument("--port", type=_port, default=0,
                    help="first loopback port to use: feeds, then gateways (default: any free ports)")
+    p.add_argument("--capture", choices=CAPTURES, default="auto",
+                   help="packet: AF_PACKET on lo (needs CAP_NET_RAW); sockets: rebuilt from the sockets' own kernel "
+                        "stamps (no engine ACKs, no venue replies); auto (default): packet if allowed, else sockets")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -59,7 +63,7 @@ def register(sub):
 def run(args) -> int:
     options = RunOptions(scenario=args.scenario, strategy=args.strategy, messages=args.messages, rate=args.rate,
                          venues=args.venues, out=args.out, telemetry=args.telemetry, seed=args.seed,
-                         orders=args.orders, queue_model=args.queue_model, models=args.models, feed=args.feed, port=args.port)
+                         orders=args.orders, queue_model=args.queue_model, models=args.models, feed=args.feed, port=args.port, capture=args.capture)
     with ProgressBar(args.messages, "msg", "lab run") as update:
         options.progress = (lambda done, _total: update(done)) if update else None
         result = run_experiment(options)

@@ -79,6 +79,14 @@ class _Request(NamedTuple):
     orig_client_order_id: int = 0     # a cancel's target
 
 
+class Read(NamedTuple):
+    """One recvmsg() of the engine's connection: what it brought, from where in the stream."""
+    peer_port: int                    # the engine's end of the connection
+    rx_ns: int                        # its kernel RX stamp (0: none)
+    stream_offset: int                # offset of data[0] in the connection's byte stream
+    data: bytes
+
+
 class _Arrival(NamedTuple):           # RECORD_DTYPE's fields from first_byte_rx_ns to penalised
     first_byte_rx_ns: int
     last_byte_rx_ns: int
@@ -94,6 +102,7 @@ class _Arrival(NamedTuple):           # RECORD_DTYPE's fields from first_byte_rx
 class _Connection:
     sock: socket.socket
     number: int
+    peer_port: int = 0
     inbox: bytearray = field(default_factory=bytearray)
     stream_offset: int = 0            # stream offset of inbox[0]
     first_rx_ns: int = 0              # kernel stamp of the read that brought inbox[0] (0: none)
@@ -106,7 +115,8 @@ class _Connection:
 class OrderGateway:
     def __init__(self, venue: int, matching: MatchingEngine, protocol: str = "binary", host: str = "127.0.0.1",
                  port: int = 0, partial_timeout_ns: int = 1_000_000_000, partial_rule: str = "penalise",
-                 partial_penalty_ns: int = 0):
+                 partial_penalty_ns: int = 0, keep_reads: bool = False):
+        """keep_reads: keep every read's bytes (`reads`), for a capture rebuilt from the sockets' stamps."""
         if protocol not in PROTOCOLS:
             raise VenueError(f"order entry protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if partial_rule not in PARTIAL_RULES:
@@ -116,6 +126,8 @@ class OrderGateway:
         self.partial_penalty_ns = partial_penalty_ns
         self.counts: Counter[str] = Counter()
         self._rows: list[tuple] = []
+        self.reads: list[Read] | None = [] if keep_reads else None
+        self.accepted_ns: dict[int, int] = {}      # the engine's port -> when its connection was accepted
         self._conn: _Connection | None = None
         self._connections = 0
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -173,7 +185,7 @@ class OrderGateway:
     # -- connections -------------------------------------------------------------------------
     def _accept(self) -> None:
         try:
-            sock, _peer = self._server.accept()
+            sock, peer = self._server.accept()
         except BlockingIOError:
             return
         if self._conn is not None:                 # one engine at a time
@@ -184,7 +196,8 @@ class OrderGateway:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         enable_rx_stamps(sock)
         self._connections += 1
-        self._conn = _Connection(sock, self._connections)
+        self._conn = _Connection(sock, self._connections, peer[1])
+        self.accepted_ns[peer[1]] = time.time_ns()
         self._selector.register(sock, selectors.EVENT_READ)
         self.counts["connections"] += 1
 
@@ -223,6 +236,8 @@ class OrderGateway:
 
     def _on_read(self, conn: _Connection, data: bytes, rx_ns: int) -> int:
         seen_ns = rx_ns or time.time_ns()
+        if self.reads is not None:
+            self.reads.append(Read(conn.peer_port, rx_ns, conn.stream_offset + len(conn.inbox), data))
         self.counts["bytes"] += len(data)
         self.counts["unstamped_reads"] += not rx_ns
         if not conn.inbox:

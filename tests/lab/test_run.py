@@ -39,9 +39,9 @@ def krx_baseline_path_ns(l3_bytes: int) -> int:
     return ps // 1000
 
 
-RUNS = {   # name: lab run flags
-    "tcp-prefix": ["--strategy", "tcp-prefix", "--models", "imbalance-taker"],
-    "none": ["--strategy", "none", "--models", "imbalance-taker"],
+RUNS = {   # name: lab run flags. 10 MD messages/s: each order has the 256 kb/s channel to itself
+    "tcp-prefix": ["--strategy", "tcp-prefix", "--models", "imbalance-taker", "--rate", "10"],
+    "none": ["--strategy", "none", "--models", "imbalance-taker", "--rate", "10"],
     # two venues, both models (join-the-touch rests, re-prices, cancels), FIX order entry
     "two-venues": ["--strategy", "tcp-prefix", "--venues", "2", "--orders", "fix", "--queue-model", "power-law"],
 }
@@ -177,13 +177,35 @@ def test_a_busy_port_is_one_line_exit_2(tmp_path):
 
 @needs_root
 def test_no_permission_to_capture_is_one_line_exit_2(tmp_path, drop_net_raw):
-    bad = lab("run", "--strategy", "none", "--messages", "5", "--out", str(tmp_path / "r.pcapng"),
-              preexec_fn=drop_net_raw)
+    bad = lab("run", "--strategy", "none", "--messages", "5", "--capture", "packet",
+              "--out", str(tmp_path / "r.pcapng"), preexec_fn=drop_net_raw)
     if bad.returncode == 77:
         pytest.skip("cannot drop CAP_NET_RAW here (no CAP_SETPCAP)")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "CAP_NET_RAW" in bad.stderr
     assert leftovers() == [] and not (tmp_path / "r.pcapng").exists()
+
+
+@needs_root
+def test_without_cap_net_raw_the_sockets_stamps_make_the_capture(tmp_path, drop_net_raw):
+    pcap = tmp_path / "r.pcapng"
+    done = lab("run", "--strategy", "tcp-prefix", "--models", "imbalance-taker", "--messages", "40", "--rate", "10",
+               "--out", str(pcap), "--json", preexec_fn=drop_net_raw)
+    if done.returncode == 77:
+        pytest.skip("cannot drop CAP_NET_RAW here (no CAP_SETPCAP)")
+    assert done.returncode == 0, done.stderr
+    assert "rebuilt from the sockets' own kernel stamps" in done.stderr
+    run = json.loads(done.stdout)
+    assert run["capture"]["kind"] == "sockets"
+    from lab.capture.runinfo import read_run_info
+    assert read_run_info(pcap)["capture"] == "sockets"
+    measured = json.loads(lab("measure", "--pcap", str(pcap), "--telemetry", run["telemetry"], "--json").stdout)
+    assert measured["md_messages"] == 40 and measured["unmatched_orders"] == 0 and measured["orders"] > 3
+    assert measured["correlation"]["causality_violations"] == 0
+    assert measured["implied_tick_to_trade_ns"]["max"] < 0           # the prefix's 500 us, seen by the sockets
+    # the deciding 32 bytes + IPv4/TCP (52) at 256 kb/s etc., as with the packet capture
+    assert measured["decomposition_ns"]["order_path"]["p50"] == krx_baseline_path_ns(32 + 52)
+    assert leftovers() == []
 
 
 @needs_root

@@ -159,3 +159,23 @@ def test_telemetry_needs_a_run_capture_and_a_telemetry_file(tmp_path, lab):
         done = lab("measure", "--pcap", run, "--telemetry", tmp_path / telemetry)
         assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
         assert f"{telemetry}: not a readable wirelab telemetry file" in done.stderr
+
+
+def test_reads_are_cut_where_the_engine_sent_separately():
+    from lab.capture.sockets import order_pieces, tcp_frame
+    from lab.venue.gateway import RECORD_DTYPE, Read
+    records = np.zeros(2, RECORD_DTYPE)
+    records["kind"] = [b"new", b"new"]
+    records["stream_offset"], records["message_bytes"] = [0, 48], [48, 48]
+    # one read: the primed prefix of order 1; the next: its rest, order 2's prefix, its rest, and a
+    # prefix primed for an order that never completed (no record)
+    reads = [Read(40000, 10, 0, bytes(16)), Read(40000, 20, 16, bytes(32 + 16 + 32 + 16))]
+    cuts = [(start, end) for _read, start, end in order_pieces(reads, records, 16)]
+    assert cuts == [(0, 16), (16, 48), (48, 64), (64, 96), (96, 112)]
+    assert [(s, e) for _r, s, e in order_pieces(reads, records, None)] == [(0, 16), (16, 48), (48, 96), (96, 112)]
+    frame = tcp_frame(40000, 9000, 17, 0x18, b"x" * 5)
+    parsed = IP(frame[14:])
+    assert parsed[TCP].dataofs * 4 == 32 and parsed[TCP].seq == 17 and bytes(parsed[TCP].payload) == b"x" * 5
+    ours = parsed.chksum
+    del parsed.chksum                                          # scapy computes it afresh
+    assert parsed.len == 20 + 32 + 5 and IP(bytes(parsed)).chksum == ours
