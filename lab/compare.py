@@ -44,7 +44,7 @@ class CompareOptions:
     trade_share: float = 0.3
     seed: int = 1
     rate: float | None = None          # MD messages per second leaving the exchange; None: 50 % of the MD path
-    real: bool = False                 # add real-engine runs of none and tcp-prefix (needs root)
+    real: bool = False                 # add real-engine runs of none and tcp-prefix (lab run)
     out: str | None = None             # where the real runs' files go; None: a temporary directory
 
 
@@ -323,7 +323,7 @@ def hop_sweep(scenario: Scenario) -> list[dict]:
 # -- real engine runs -------------------------------------------------------------------
 
 def real_runs(options: CompareOptions, rate: float) -> list[StrategyRun]:
-    """`lab run` of none and tcp-prefix (imbalance-taker), measured; needs root (AF_PACKET on lo)."""
+    """`lab run` of none and tcp-prefix (imbalance-taker), measured."""
     from lab.analysis.implied import measure_run   # the engine side loads only when asked for
     from lab.runner import RunOptions, run
 

@@ -4,8 +4,8 @@
 2. Every strategy compared in simulation for `krx-2008` and `modern-10g` (lab.compare).
 3. The real engine through the simulated KRX wire (lab.runner), `none` and `tcp-prefix`, and
    their measurement (lab.analysis.implied): a hardware-style pcapng, the telemetry, the
-   implied tick-to-trade per stage. This needs CAP_NET_RAW; without it the report says why
-   it is missing.
+   implied tick-to-trade per stage. Without CAP_NET_RAW the capture is rebuilt from the
+   sockets' own stamps, and the report says so.
 4. `report.html`, which links every figure and says in plain words what each one shows.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ class DemoResult:
     comparisons: dict[str, dict] = field(default_factory=dict)     # scenario -> lab compare JSON
     real: dict[str, dict] = field(default_factory=dict)            # strategy -> lab measure --telemetry figures
     real_skipped: str | None = None
+    capture: str | None = None                   # how the real runs were captured: packet or sockets
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -70,20 +71,14 @@ def run_demo(out: str, messages: int = 100, real: bool = True, say: Callable[[st
 def _real_runs(result: DemoResult, messages: int, say) -> None:
     from lab.analysis.implied import measure_run
     from lab.report import plot_real
-    from lab.runner import RunError, RunOptions, run
+    from lab.runner import RunOptions, run
 
     for strategy in REAL_STRATEGIES:
         say(f"running the real engine through the KRX wire: {strategy} ({messages} MD messages)")
         pcap = os.path.join(result.out, f"run-{strategy}.pcapng")
-        try:
-            run(RunOptions(scenario="krx-2008", strategy=strategy, messages=messages,
-                           models=("imbalance-taker",), out=pcap))
-        except RunError as exc:
-            if "CAP_NET_RAW" not in str(exc):
-                raise
-            result.real_skipped = f"not run: {exc}"
-            result.real.clear()
-            return
+        run_result = run(RunOptions(scenario="krx-2008", strategy=strategy, messages=messages,
+                                    models=("imbalance-taker",), out=pcap))
+        result.capture = run_result.capture["kind"]
         measured = measure_run(pcap, pcap.removesuffix(".pcapng") + ".tel")
         result.real[strategy] = measured.figures
         result.files[f"run-{strategy}"] = pcap

@@ -129,7 +129,10 @@ def write_report(result) -> str:
             "into stages: the market-data frame's wire time, the kernel, the engine itself, the path of the "
             "order's deciding bytes, and minus the path of the zero-latency baseline. With "
             "<code>tcp-prefix</code> the real engine's 16-byte prefix saves 500 us on the 256 kb/s channel, "
-            "far more than the engine spends deciding.</p>")
+            "far more than the engine spends deciding.</p>"
+            + ("<p class=skipped>Without CAP_NET_RAW this run's capture was rebuilt from the sockets' own kernel "
+               "stamps: the engine's ACKs and the venue's replies are not in it (see docs/run.md).</p>"
+               if result.capture == "sockets" else ""))
         parts.append(_figure(result.files["real"], out, "Real engine: the p50 of each stage, stacked; the black "
                              "line is the p50 implied tick-to-trade (the stages sum to it trigger by trigger)."))
         rows = []
@@ -143,12 +146,11 @@ def write_report(result) -> str:
                              "clock residual p99 (ns)", "drift (ppm)", "causality violations", "capture"], rows))
     else:
         parts.append(f"<p class=skipped>The real-engine run is missing: {html.escape(result.real_skipped or '')}. "
-                     "It captures on the loopback interface, which needs root (CAP_NET_RAW): run "
-                     "<code>sudo lab demo</code> to see it.</p>")
+                     "Run <code>lab demo</code> without <code>--no-real</code> to see it.</p>")
     parts += [
         "<h2>Reproduce</h2><pre>lab simulate krx-2008 --plot krx.png\n"
         "lab compare --scenario krx-2008 --plot compare.png --json\n"
-        "sudo lab run --scenario krx-2008 --strategy tcp-prefix --models imbalance-taker --out run.pcapng\n"
+        "lab run --scenario krx-2008 --strategy tcp-prefix --models imbalance-taker --out run.pcapng\n"
         "lab measure --pcap run.pcapng --telemetry run.tel</pre>",
     ]
     page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>wirelab demo</title><style>"

@@ -34,7 +34,7 @@ def register(sub):
         description="Simulate N market-data messages (seeded Poisson arrivals) and the orders a share of them "
                     "trigger, for every strategy through the same order path (FIFO), and report each "
                     "strategy's implied tick-to-trade distribution and costs; then sweep line rate, prefix "
-                    "size, early-read offset and hop count. --real adds real-engine runs (needs root).")
+                    "size, early-read offset and hop count. --real adds real-engine runs (lab run).")
     p.add_argument("--scenario", required=True, help="built-in scenario name or TOML file")
     p.add_argument("--strategies", type=_strategies, metavar="A,B",
                    help="comma-separated (default: every strategy the scenario supports); none is always added")
@@ -45,7 +45,7 @@ def register(sub):
                    help="MD messages per second leaving the exchange (default: 50%% of the MD path's capacity)")
     p.add_argument("--seed", type=int, default=1, help="seed of the arrivals and trade draws (default 1)")
     p.add_argument("--real", action="store_true",
-                   help="add real-engine runs of none and tcp-prefix (lab run; needs root)")
+                   help="add real-engine runs of none and tcp-prefix (lab run)")
     p.add_argument("--out", metavar="DIR", help="keep the real runs' files here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="write the CDFs and the sweeps as a PNG")

@@ -14,9 +14,8 @@ def register(sub):
     p = sub.add_parser(
         "demo", help="show the whole lab on built-in defaults, with an HTML report",
         description="Simulate the seed's KRX case, compare every speculative-send strategy for krx-2008 and "
-                    "modern-10g, run the real engine through the simulated KRX wire (none and tcp-prefix; needs "
-                    "CAP_NET_RAW, else the report says it was skipped) and measure it. Writes PNGs, the captures "
-                    "and report.html to --out.")
+                    "modern-10g, run the real engine through the simulated KRX wire (none and tcp-prefix) and "
+                    "measure it. Writes PNGs, the captures and report.html to --out.")
     p.add_argument("--out", default="lab-demo", help="output folder (default: ./lab-demo)")
     p.add_argument("--messages", type=positive_int, default=100,
                    help="MD messages per real-engine run (default 100)")

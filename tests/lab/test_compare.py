@@ -187,11 +187,12 @@ def test_real_runs_beside_the_simulation(lab, tmp_path):
 
 
 @needs_root
-def test_real_without_capture_permission_is_one_line_exit_2(tmp_path, drop_net_raw):
+def test_real_without_capture_permission_uses_the_sockets_stamps(tmp_path, drop_net_raw):
     result = subprocess.run([sys.executable, "-m", "lab", "compare", "--scenario", "krx-2008", "--real",
-                             "--messages", "5"], capture_output=True, text=True, timeout=120,
-                            preexec_fn=drop_net_raw, cwd=tmp_path)
+                             "--strategies", "none,tcp-prefix", "--messages", "20", "--json"],
+                            capture_output=True, text=True, timeout=120, preexec_fn=drop_net_raw, cwd=tmp_path)
     if result.returncode == 77:
         pytest.skip("cannot drop CAP_NET_RAW here (no CAP_SETPCAP)")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "CAP_NET_RAW" in result.stderr
+    assert result.returncode == 0, result.stderr
+    names = [s["name"] for s in json.loads(result.stdout)["strategies"]]
+    assert {"real:none", "real:tcp-prefix"} <= set(names)

@@ -1,5 +1,4 @@
 """`lab demo` as a newcomer runs it: plots, captures and an HTML report that a browser renders."""
-import os
 import re
 import shutil
 import subprocess
@@ -10,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = os.geteuid() == 0
 
 
 class Page(HTMLParser):
@@ -48,19 +46,16 @@ def test_the_demo_leaves_plots_captures_and_a_report(demo):
     folder, done = demo
     page = read_report(folder)
     assert str(folder / "report.html") in done.stdout
-    assert len(page.images) >= 4 if ROOT else len(page.images) >= 3
+    assert len(page.images) == 4
     for src in page.images + page.links:
         assert (folder / src).is_file(), src
         assert not Path(src).is_absolute()                 # the folder can be moved or mailed
     assert all(src.endswith(".png") for src in page.images)
     text = " ".join(page.text)
     assert "-565 us" in text and "negative latency" in text
-    if ROOT:
-        assert {p.name for p in folder.glob("run-*.pcapng")} == {"run-none.pcapng", "run-tcp-prefix.pcapng"}
-        assert (folder / "run-tcp-prefix.tel").is_file()
-        assert re.search(r"krx-2008 real engine: tcp-prefix p50\s+-\d", done.stdout)
-    else:
-        assert "needs root" in text
+    assert {p.name for p in folder.glob("run-*.pcapng")} == {"run-none.pcapng", "run-tcp-prefix.pcapng"}
+    assert (folder / "run-tcp-prefix.tel").is_file()
+    assert re.search(r"krx-2008 real engine: tcp-prefix p50\s+-\d", done.stdout)
 
 
 def test_the_summary_names_the_seeds_figure(demo):
