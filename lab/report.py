@@ -45,29 +45,41 @@ def _link(path: str, out: str) -> Html:
 
 
 def plot_real(figures: dict[str, dict], path: str) -> None:
-    """Stacked p50 stages of each real run (they sum to its implied tick-to-trade), one bar per strategy."""
+    """A waterfall per real run: each stage's p50, from t_MD to the implied tick-to-trade. The order's path
+    and the baseline's are netted into one step (what speculation saved on the way), so the host's own
+    microseconds stay visible beside the channel's milliseconds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(figures)
-    stages = list(next(iter(figures.values()))["decomposition_ns"])
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    for i, name in enumerate(names):
-        up = down = 0.0
-        for colour, stage in zip(STAGE_COLOURS, stages):
-            value = figures[name]["decomposition_ns"][stage]["p50"] / NS_PER_US
-            base = up if value >= 0 else down
-            ax.bar(i, value, bottom=base, color=colour, label=stage if i == 0 else None, width=0.55)
-            up, down = (up + value, down) if value >= 0 else (up, down + value)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
+    for n, (ax, name) in enumerate(zip(axes[0], names)):
+        stages = {stage: v["p50"] / NS_PER_US for stage, v in figures[name]["decomposition_ns"].items()}
+        steps = [(label, stages.pop(stage)) for stage, label in (("wire_in", "MD frame in"),
+                                                                  ("kernel_rx_to_app_in", "kernel -> app"),
+                                                                  ("app", "engine"),
+                                                                  ("app_out_to_kernel_tx", "app -> kernel TX"),
+                                                                  ("nic_tx", "NIC tx"))]
+        steps.append(("order path - baseline", stages.pop("order_path") + stages.pop("less_baseline_path")))
+        level, ends = 0.0, [0.0]
+        for i, ((label, value), colour) in enumerate(zip(steps, STAGE_COLOURS)):
+            ax.barh(i, value, left=level, color=colour)
+            ax.annotate(f"{value:+,.1f}", (max(level, level + value), i), xytext=(4, -3), textcoords="offset points",
+                        fontsize=8)
+            level += value
+            ends.append(level)
+        span = max(ends) - min(ends)
+        ax.set_xlim(min(ends) - 0.05 * span, max(ends) + 0.25 * span)
         implied = figures[name]["implied_tick_to_trade_ns"]["p50"] / NS_PER_US
-        ax.plot([i - 0.35, i + 0.35], [implied, implied], color="black", lw=2)
-        ax.annotate(f"implied p50 {implied:,.1f} us", (i, implied), xytext=(8, -14), textcoords="offset points")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("us (p50 of each stage)")
-    ax.set_title("real engine, krx-2008: where the implied tick-to-trade comes from")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.axvline(implied, color="black", lw=1.5, ls="--")
+        ax.set_yticks(range(len(steps)), [label for label, _ in steps] if n == 0 else [])
+        ax.invert_yaxis()
+        ax.set_xlabel("us from t_MD (p50 of each stage)")
+        ax.set_title(f"{name}: implied p50 {implied:,.1f} us")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("real engine, krx-2008: where the implied tick-to-trade comes from")
     fig.tight_layout()
     with open_private(path, binary=True) as f:
         fig.savefig(f, format="png", dpi=110)
@@ -133,8 +145,10 @@ def write_report(result) -> str:
             + ("<p class=skipped>Without CAP_NET_RAW this run's capture was rebuilt from the sockets' own kernel "
                "stamps: the engine's ACKs and the venue's replies are not in it (see docs/run.md).</p>"
                if result.capture == "sockets" else ""))
-        parts.append(_figure(result.files["real"], out, "Real engine: the p50 of each stage, stacked; the black "
-                             "line is the p50 implied tick-to-trade (the stages sum to it trigger by trigger)."))
+        parts.append(_figure(result.files["real"], out, "Real engine: each stage's p50 as a step from t_MD "
+                             "(the MD frame's first bit at the host). The last step nets the order's path against "
+                             "the zero-latency baseline's: what speculation saved on the way. The dashed line is the "
+                             "p50 implied tick-to-trade; trigger by trigger the stages sum to it exactly."))
         rows = []
         for strategy, figures in result.real.items():
             implied, clock = figures["implied_tick_to_trade_ns"], figures["correlation"]
