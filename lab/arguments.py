@@ -22,3 +22,16 @@ def bounded(convert, low=None, high=None, what: str = "a number"):
 
 
 positive_int = bounded(int, 1, what="a whole number")
+
+
+def comma_list(choices=None, what: str = "names"):
+    """A type for "a,b,c": the names in order, each one of `choices` when given."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if choices is not None and name not in choices]
+        if unknown or not names:
+            hint = f"choose from {', '.join(choices)}" if choices is not None else f"give {what} separated by commas"
+            raise argparse.ArgumentTypeError(f"{text!r}: {hint}")
+        return names
+    parse.__name__ = what
+    return parse

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lab.arguments import bounded, positive_int
+from lab.arguments import bounded, comma_list, positive_int
 from lab.compare import CompareOptions, compare, plot
 from lab.errors import LabError
 
@@ -21,13 +21,6 @@ def _share(text: str) -> float:
     return share
 
 
-def _strategies(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: give strategy names separated by commas")
-    return names
-
-
 def register(sub):
     p = sub.add_parser(
         "compare", help="compare speculative-send strategies over many triggers, with costs and sweeps",
@@ -36,7 +29,7 @@ def register(sub):
                     "strategy's implied tick-to-trade distribution and costs; then sweep line rate, prefix "
                     "size, early-read offset and hop count. --real adds real-engine runs (lab run).")
     p.add_argument("--scenario", required=True, help="built-in scenario name or TOML file")
-    p.add_argument("--strategies", type=_strategies, metavar="A,B",
+    p.add_argument("--strategies", type=comma_list(what="strategy names"), metavar="A,B",
                    help="comma-separated (default: every strategy the scenario supports); none is always added")
     p.add_argument("--messages", type=positive_int, default=1000, metavar="N", help="MD messages (default 1000)")
     p.add_argument("--trade-share", type=_share, default=0.3, metavar="P",

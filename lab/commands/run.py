@@ -1,27 +1,18 @@
 """`lab run`: the real engine over loopback through a simulated network -> a hardware-style pcapng."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
 
 from lab.runner import CAPTURES, MODELS, REAL_STRATEGIES, RunOptions, run as run_experiment
-from lab.arguments import bounded, positive_int
+from lab.arguments import bounded, comma_list, positive_int
 from lab.progress import ProgressBar
 from lab.table import render
 
 
 _port = bounded(int, 0, 65535, "a port number")
 _rate = bounded(float, 1e-3, 1e9, "a number of messages per second")
-
-
-def _models(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in MODELS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(MODELS)}")
-    return names
 
 
 def register(sub):
@@ -41,7 +32,7 @@ def register(sub):
     p.add_argument("--venues", type=positive_int, default=1, metavar="K", help="venues at once (default 1, at most 8)")
     p.add_argument("--out", required=True, metavar="RUN.pcapng", help="the hardware-style capture to write")
     p.add_argument("--telemetry", metavar="RUN.tel", help="the engine's telemetry file (default: OUT with .tel)")
-    p.add_argument("--models", type=_models, default=tuple(MODELS), metavar="A,B",
+    p.add_argument("--models", type=comma_list(tuple(MODELS), "trade models"), default=tuple(MODELS), metavar="A,B",
                    help=f"the engine's trade models on each venue (default {','.join(MODELS)}). join-the-touch "
                         "re-prices by cancel, then a new order once the cancel is confirmed: that order waits a "
                         "venue round trip")
