@@ -41,6 +41,8 @@ ACK = struct_of(wire.ACK)
 FILL = struct_of(wire.FILL)
 REJECT = struct_of(wire.REJECT)
 PREFIX = wire.NEW_ORDER_PREFIX_BYTES
+pack_new_order = NEW_ORDER.pack
+NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY = wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY
 STRATEGIES = ("none", "tcp-prefix")
 ORDER_FORMATS = ("binary", "fix")
 FIX_PREFIX = fix.NEW_ORDER_SINGLE_PREFIX_BYTES
@@ -178,17 +180,21 @@ class OrderGateway:
             self._cancel(session, client_id, md_seq, target, instrument, side, qty)
             return
         primed = session.primed
-        wire_id = primed if primed is not None else self._new_wire_id(session)
+        if primed is not None:
+            wire_id = primed
+        else:                                          # _new_wire_id, inlined: this is the hot path
+            wire_id = session.next_wire_id
+            session.next_wire_id = wire_id + 1
         if session.orders == "fix":
             message = self._fix_order(session, wire_id, md_seq, instrument, side, tif, price, qty)
             data = message[FIX_PREFIX:] if primed is not None else message
         elif primed is not None:
-            message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, wire.FLAG_PREFIX_EARLY,
-                                     session.account, wire_id, md_seq, instrument, side, tif, price, qty)
+            message = pack_new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY, session.account, wire_id,
+                                     md_seq, instrument, side, tif, price, qty)
             data = message[PREFIX:]
         else:
-            data = message = NEW_ORDER.pack(wire.NEW_ORDER_SIZE, wire.NEW_ORDER_TYPE, 0, session.account, wire_id,
-                                            md_seq, instrument, side, tif, price, qty)
+            data = message = pack_new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, 0, session.account, wire_id, md_seq,
+                                            instrument, side, tif, price, qty)
         app_out = tsc()
         if not self._send(session, data):
             return

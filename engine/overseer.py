@@ -20,6 +20,7 @@ ACCOUNT = struct_of(ACCOUNT_UPDATE)
 TIMING_STRUCT = struct_of(TIMING)
 PUBLISHER = ACTORS["overseer"]
 KIND = KINDS["order_request"]
+NEW, CANCEL = ord("N"), ord("C")         # OrderRequest kinds
 PRICE_SCALE = 10**8                       # prices are 1e-8 units of the currency
 
 
@@ -122,7 +123,7 @@ class Overseer:
         return self.new_order(cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) if side else 0
 
     def new_order(self, cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) -> int:
-        account, limits = self.account(venue), self.limits
+        account, limits = self.accounts.get(venue) or self.account(venue), self.limits
         signed = qty if side == BUY else -qty
         if not account.connected:
             self.refused["venue disconnected"] += 1
@@ -135,7 +136,7 @@ class Overseer:
         else:
             client_order_id = self.next_id
             self.next_id += 1
-            self._publish(cause, client_order_id, md_seq, venue, model, instrument, b"N", side, tif, price, qty, 0)
+            self._publish(cause, client_order_id, md_seq, venue, model, instrument, NEW, side, tif, price, qty, 0)
             order = Order(client_order_id, venue, instrument, slot, side, price, qty, tif)   # after the send
             self.orders[client_order_id] = order
             if tif != IOC:
@@ -148,18 +149,19 @@ class Overseer:
         order.state = "cancelling"
         request_id = self.next_id
         self.next_id += 1
-        self._publish(cause, request_id, md_seq, order.venue, model, order.instrument, b"C", order.side,
+        self._publish(cause, request_id, md_seq, order.venue, model, order.instrument, CANCEL, order.side,
                       order.time_in_force, order.price, order.qty, order.client_order_id)
         return 1
 
     def _publish(self, cause, client_order_id, md_seq, venue, model, instrument, kind, side, tif, price,
                  qty, target):
         origin, decided, kernel_rx = cause
+        direct = self.direct
         published = tsc()
-        request = (origin, published, client_order_id, md_seq, venue, model, instrument, kind[0], side, tif,
+        request = (origin, published, client_order_id, md_seq, venue, model, instrument, kind, side, tif,
                    price, qty, target, decided, kernel_rx)
-        if self.direct is not None:
-            self.direct(request)                          # single-process mode: the gateway sends it now
+        if direct is not None:
+            direct(request)                               # single-process mode: the gateway sends it now
         seq = self.requests.publish(REQUEST.pack(*request))
         if self.timing is not None:
             self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, origin, published, seq))

@@ -20,6 +20,7 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 
+from engine._native import recv_batch
 from engine.book import Books
 from engine.clock import calibrate, tsc
 from engine.gateway import ORDER_FORMATS, STRATEGIES, OrderGateway, Session
@@ -27,14 +28,14 @@ from engine.logger import LoggerProcess
 from engine.md_handler import MarketDataHandler
 from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST, TIMING
 from engine.models import MODELS
-from engine.net import recv_stamped, udp_receiver
+from engine.net import udp_receiver
 from engine.overseer import Overseer, RiskLimits
 from engine.queues import Queue, QueueError, SeqlockVector
 from engine.telemetry import TelemetryRecorder
 
 
 CLOCK_CHECK_EVERY = 256          # single-process passes between looks at the clock for duration_s
-FEED_BATCH = 64                  # datagrams read from one feed per pass
+FEED_BATCH = 64                  # datagrams read from one feed per pass (recv_batch takes at most 64)
 
 
 class ConfigError(ValueError):
@@ -190,13 +191,11 @@ class Engine:
 
     def read_feed(self, sock) -> None:
         """The datagrams waiting on a feed socket (at most FEED_BATCH, so that the venue's replies
-        are not starved by a flood), each straight through to the gateway."""
-        for _ in range(FEED_BATCH):
-            got = recv_stamped(sock)
-            if got is None:
-                return
-            app_in = tsc()
-            self.on_datagram(got[0], got[1] or 0, app_in)
+        are not starved by a flood), each straight through to the gateway. One recvmmsg takes
+        them all; each one's app_in is stamped when its turn comes."""
+        on_datagram = self.on_datagram
+        for payload, kernel_rx_ns in recv_batch(sock.fileno(), FEED_BATCH):
+            on_datagram(payload, kernel_rx_ns, tsc())
 
     def on_datagram(self, payload, kernel_rx_ns: int, app_in: int) -> None:
         """The hot path of single-process mode; the queue and vector writes follow the send."""

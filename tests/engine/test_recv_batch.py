@@ -1,0 +1,105 @@
+"""engine._native.recv_batch: every waiting datagram and its kernel RX stamp in one recvmmsg call."""
+import socket
+import time
+
+import pytest
+
+from engine._native import recv_batch
+from engine.net import udp_receiver
+from engine.protocol import md
+from engine.runner import Engine
+from test_net import wait_readable, warm_up
+
+
+@pytest.fixture
+def pair():
+    rx = udp_receiver()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        warm_up(rx, tx)
+        yield rx, tx
+    finally:
+        rx.close()
+        tx.close()
+
+
+def send_all(rx, tx, payloads) -> tuple[int, int]:
+    """Send the datagrams; return the (before, after) wall-clock window they were sent in."""
+    before = time.time_ns()
+    for payload in payloads:
+        tx.sendto(payload, rx.getsockname())
+    after = time.time_ns()
+    wait_readable(rx)
+    return before, after
+
+
+def test_a_batch_holds_the_waiting_datagrams_in_order_with_their_stamps(pair):
+    rx, tx = pair
+    payloads = [bytes([i]) * (i + 1) for i in range(10)] + [b"", b"m" * 9000]
+    before, after = send_all(rx, tx, payloads)
+    got = recv_batch(rx.fileno(), 64)
+    assert [data for data, _ in got] == payloads
+    stamps = [stamp for _, stamp in got]
+    assert stamps == sorted(stamps)
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert recv_batch(rx.fileno(), 64) == []
+
+
+def test_max_count_bounds_a_batch_and_the_rest_waits_for_the_next(pair):
+    rx, tx = pair
+    payloads = [b"md %d" % i for i in range(7)]
+    send_all(rx, tx, payloads)
+    first, second = recv_batch(rx.fileno(), 4), recv_batch(rx.fileno(), 4)
+    assert [data for data, _ in first] == payloads[:4]
+    assert [data for data, _ in second] == payloads[4:]
+
+
+def test_a_socket_without_rx_stamping_gives_stamp_zero():
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        tx.sendto(b"plain", rx.getsockname())
+        wait_readable(rx)
+        assert recv_batch(rx.fileno(), 8) == [(b"plain", 0)]
+    finally:
+        rx.close()
+        tx.close()
+
+
+@pytest.mark.parametrize("fd, count", [(-1, 4), (0, 0), (0, 65)])
+def test_bad_arguments_raise_value_error(fd, count):
+    with pytest.raises(ValueError, match="recv_batch"):
+        recv_batch(fd, count)
+
+
+def test_a_closed_descriptor_raises_os_error():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fd = sock.fileno()
+    sock.close()
+    with pytest.raises(OSError):
+        recv_batch(fd, 4)
+
+
+def test_the_engine_reads_every_waiting_datagram_in_order_with_its_stamp():
+    from test_hot_path import config, queue_contents   # the single-process engine's config, the md queue
+    from test_persistence import market
+    grams = market(40)
+    with Engine(config("batch", "single")) as engine:
+        feed = engine.feeds[0]
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            warm_up(feed, tx)
+            recv_batch(feed.fileno(), 64)                       # the warm-up datagrams
+            before, after = send_all(feed, tx, grams)
+            while engine.md.handled < len(grams) and time.time_ns() < after + 2 * 10**9:
+                engine.read_feed(feed)
+        finally:
+            tx.close()
+        updates = queue_contents(engine)["md"]
+    assert engine.md.handled == len(grams) and not engine.md.dropped
+    assert [u[2] for u in updates] == [md.decode_md(g).seq for g in grams]       # md_seq, in order
+    stamps, app_in = [u[1] for u in updates], [u[0] for u in updates]                  # kernel_rx_ns, origin
+    assert stamps == sorted(stamps) and before <= stamps[0] and stamps[-1] <= after
+    assert app_in == sorted(app_in) and len(set(app_in)) == len(app_in)                  # stamped one by one
