@@ -234,3 +234,20 @@ def test_an_engine_that_dies_mid_run_is_one_line_exit_2_and_nothing_is_left(tmp_
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "engine" in err and "mid-run" in err
     assert leftovers(marker) == []
+
+
+@pytest.mark.parametrize("flags", [
+    ["--messages", "x"], ["--messages", "0"], ["--rate", "-3"], ["--rate", "nan"], ["--venues", "9"],
+    ["--port", "70000"], ["--models", "foo"], ["--models", ""], ["--capture", "tap"], ["--orders", "json"],
+    ["--queue-model", "fifo"], ["--feed", "socket:x"], ["--feed", "log:/no/such.log.zst"],
+])
+def test_garbage_flags_are_one_line_exit_2(tmp_path, flags):
+    bad = lab("run", "--strategy", "none", "--out", str(tmp_path / "r.pcapng"), *flags)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert not (tmp_path / "r.pcapng").exists() and leftovers() == []
+
+
+@pytest.mark.parametrize("flags", [["--messages", "none"], ["--out", "/no/such/dir/lab-demo"]])
+def test_demo_garbage_is_one_line_exit_2(flags):
+    bad = lab("demo", *flags)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

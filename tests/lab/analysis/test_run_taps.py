@@ -179,3 +179,11 @@ def test_reads_are_cut_where_the_engine_sent_separately():
     ours = parsed.chksum
     del parsed.chksum                                          # scapy computes it afresh
     assert parsed.len == 20 + 32 + 5 and IP(bytes(parsed)).chksum == ours
+
+
+def test_an_unknown_interface_is_one_line_exit_2(tmp_path, lab):
+    path = tmp_path / "one.pcapng"
+    with PcapngWriter(path, [Interface(1, "1e-9", 0, "host-tap")]) as writer:
+        writer.write(0, 1, md_frame(1))
+    done = lab("measure", "--pcap", path, "--interface", "no-such-tap")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and "no-such-tap" in done.stderr
