@@ -261,14 +261,16 @@ def _clock_samples() -> list[list[int]]:
     return rows
 
 
-def _unique_seqs(feed) -> list[bytes]:
-    """Venue v's datagrams renumbered v * SEQ_STRIDE + 1, + 2, ...: one seq space across venues."""
+def _unique_seqs(feed):
+    """Venue v's datagrams renumbered v * SEQ_STRIDE + 1, + 2, ...: one seq space across venues.
+    Returns (payloads, their seqs as uint64)."""
+    seqs = feed.venue.astype(np.uint64) * np.uint64(SEQ_STRIDE) + feed.seq.astype(np.uint64)
     payloads = []
-    for payload, venue, seq in zip(feed.payloads, feed.venue, feed.seq):
+    for payload, seq in zip(feed.payloads, seqs.tolist()):
         patched = bytearray(payload)
-        struct.pack_into("<Q", patched, md.SEQ_OFFSET, int(venue) * SEQ_STRIDE + int(seq))
+        struct.pack_into("<Q", patched, md.SEQ_OFFSET, seq)
         payloads.append(bytes(patched))
-    return payloads
+    return payloads, seqs
 
 
 class _Engine:
@@ -319,8 +321,7 @@ def run(options: RunOptions) -> RunResult:
 
     feed = feed_source(options.feed, options.messages, options.seed, tuple(range(1, options.venues + 1)),
                        scenario.market_data.payload_bytes)
-    payloads = _unique_seqs(feed)
-    seqs = np.array([int(v) * SEQ_STRIDE + int(s) for v, s in zip(feed.venue, feed.seq)], np.uint64)
+    payloads, seqs = _unique_seqs(feed)
     l3 = np.array([len(p) for p in payloads], np.int64) + scenario.market_data.transport.header
     deliver_ps, transit_ps, rate = md_schedule(scenario, l3, options.rate)
 
@@ -423,7 +424,7 @@ def run(options: RunOptions) -> RunResult:
             messages=len(payloads), rate=rate, engine=summary, venues=[g.stats() for g in gateways],
             capture={**capture_stats, "frames_written": frames},
             delivery=delivery.summary(), taps=kinds, seconds=time.monotonic() - started,
-            warnings=notes + _warnings(capture_stats, delivery, summary))
+            warnings=notes + _warnings(capture_stats, delivery))
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         if engine is not None:
@@ -480,7 +481,7 @@ def _serve_for(gateways, engine: _Engine, seconds: float) -> None:
         engine.check_alive()
 
 
-def _warnings(capture: dict, delivery, summary: dict) -> list[str]:
+def _warnings(capture: dict, delivery) -> list[str]:
     notes = []
     if capture.get("drops"):
         notes.append(f"THE CAPTURE DROPPED {capture['drops']} PACKETS: the run's figures are incomplete")
