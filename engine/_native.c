@@ -271,27 +271,8 @@ static PyObject *rx_stamp(struct msghdr *msg) {
     return PyLong_FromLong(0);
 }
 
-/* recv_batch(fd, max_count) -> [(payload, kernel RX ns)]: up to max_count datagrams waiting on
- * a non-blocking socket, [] if none; the stamp is 0 when the kernel gave none. Other errors raise OSError. */
-static PyObject *py_recv_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (!check_nargs(nargs, 2, "recv_batch")) return NULL;
-    long fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred()) return NULL;
-    long want = PyLong_AsLong(args[1]);
-    if (want == -1 && PyErr_Occurred()) return NULL;
-    if (fd < 0 || fd > INT_MAX || want < 1 || want > RECV_BATCH_MAX) {
-        PyErr_Format(PyExc_ValueError, "recv_batch: need fd >= 0 and 1 <= max_count <= %d", RECV_BATCH_MAX);
-        return NULL;
-    }
-    if (recv_busy) {
-        PyErr_SetString(PyExc_RuntimeError, "recv_batch: called again while making its result");
-        return NULL;
-    }
-    if (recv_buffers == NULL && (recv_buffers = PyMem_RawMalloc((size_t)RECV_BATCH_MAX * RECV_DATAGRAM_MAX)) == NULL)
-        return PyErr_NoMemory();
-    struct mmsghdr msgs[RECV_BATCH_MAX];
-    struct iovec iov[RECV_BATCH_MAX];
-    stamp_control control[RECV_BATCH_MAX];
+/* Reads the given fd into the batch buffers: recvmmsg's count, 0 if nothing waits, -1 with OSError set. */
+static int recv_into(int fd, long want, struct mmsghdr *msgs, struct iovec *iov, stamp_control *control) {
     memset(msgs, 0, sizeof(msgs[0]) * (size_t)want);
     for (long i = 0; i < want; i++) {
         iov[i].iov_base = recv_buffers + (size_t)i * RECV_DATAGRAM_MAX;
@@ -301,11 +282,15 @@ static PyObject *py_recv_batch(PyObject *self, PyObject *const *args, Py_ssize_t
         msgs[i].msg_hdr.msg_control = control[i].bytes;
         msgs[i].msg_hdr.msg_controllen = sizeof control[i].bytes;
     }
-    int got = recvmmsg((int)fd, msgs, (unsigned int)want, MSG_DONTWAIT, NULL);
-    if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return PyList_New(0);
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    int got = recvmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT, NULL);
+    if (got >= 0) return got;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+/* [(payload, kernel RX ns)] from the batch buffers. */
+static PyObject *batch_list(int got, struct mmsghdr *msgs, struct iovec *iov) {
     recv_busy = 1;
     PyObject *out = PyList_New(got);
     for (int i = 0; out != NULL && i < got; i++) {
@@ -324,6 +309,85 @@ static PyObject *py_recv_batch(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     recv_busy = 0;
     return out;
+}
+
+static int batch_ready(long want, const char *name) {
+    if (want < 1 || want > RECV_BATCH_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: need 1 <= max_count <= %d", name, RECV_BATCH_MAX);
+        return 0;
+    }
+    if (recv_busy) {
+        PyErr_Format(PyExc_RuntimeError, "%s: called again while making its result", name);
+        return 0;
+    }
+    if (recv_buffers == NULL && (recv_buffers = PyMem_RawMalloc((size_t)RECV_BATCH_MAX * RECV_DATAGRAM_MAX)) == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    return 1;
+}
+
+/* recv_batch(fd, max_count) -> [(payload, kernel RX ns)]: up to max_count datagrams waiting on
+ * a non-blocking socket, [] if none; the stamp is 0 when the kernel gave none. Other errors raise OSError. */
+static PyObject *py_recv_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (!check_nargs(nargs, 2, "recv_batch")) return NULL;
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    long want = PyLong_AsLong(args[1]);
+    if (want == -1 && PyErr_Occurred()) return NULL;
+    if (fd < 0 || fd > INT_MAX) return PyErr_Format(PyExc_ValueError, "recv_batch: bad fd %ld", fd);
+    if (!batch_ready(want, "recv_batch")) return NULL;
+    struct mmsghdr msgs[RECV_BATCH_MAX];
+    struct iovec iov[RECV_BATCH_MAX];
+    stamp_control control[RECV_BATCH_MAX];
+    int got = recv_into((int)fd, want, msgs, iov, control);
+    if (got < 0) return NULL;
+    return batch_list(got, msgs, iov);
+}
+
+#define SPIN_FDS_MAX 64
+/* recv_spin(fds, max_count, spin_ticks) -> (index into fds, [(payload, kernel RX ns)]), or None
+ * when nothing came for spin_ticks TSC ticks. recvmmsg on each fd in turn, in C: a Python loop
+ * between the polls adds microseconds to the datagram's wait and evicts the hot path's caches. */
+static PyObject *py_recv_spin(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (!check_nargs(nargs, 3, "recv_spin")) return NULL;
+    PyObject *seq = PySequence_Fast(args[0], "recv_spin: fds must be a sequence of ints");
+    if (seq == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    int fds[SPIN_FDS_MAX];
+    if (count < 1 || count > SPIN_FDS_MAX) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "recv_spin: need 1 to %d fds, got %zd", SPIN_FDS_MAX, count);
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (fd < 0 || fd > INT_MAX) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "recv_spin: bad fd %ld", fd);
+            return NULL;
+        }
+        fds[i] = (int)fd;
+    }
+    Py_DECREF(seq);
+    long want = PyLong_AsLong(args[1]);
+    if (want == -1 && PyErr_Occurred()) return NULL;
+    uint64_t ticks;
+    if (!u64_arg(args[2], &ticks) || !batch_ready(want, "recv_spin")) return NULL;
+    struct mmsghdr msgs[RECV_BATCH_MAX];
+    struct iovec iov[RECV_BATCH_MAX];
+    stamp_control control[RECV_BATCH_MAX];
+    uint64_t start = tsc_now();
+    do {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            int got = recv_into(fds[i], want, msgs, iov, control);
+            if (got < 0) return NULL;
+            if (got > 0) {
+                PyObject *batch = batch_list(got, msgs, iov);
+                return batch ? Py_BuildValue("(nN)", i, batch) : NULL;
+            }
+        }
+    } while (tsc_now() - start < ticks);
+    Py_RETURN_NONE;
 }
 #endif
 
@@ -569,6 +633,9 @@ static PyMethodDef methods[] = {
 #if defined(__linux__)
     {"recv_batch", (PyCFunction)(void (*)(void))py_recv_batch, METH_FASTCALL,
      "recv_batch(fd, max_count) -> [(payload, kernel RX ns or 0)]: waiting datagrams, one recvmmsg call"},
+    {"recv_spin", (PyCFunction)(void (*)(void))py_recv_spin, METH_FASTCALL,
+     "recv_spin(fds, max_count, spin_ticks) -> (fd index, [(payload, kernel RX ns or 0)]) or None: "
+     "recvmmsg on each fd in turn until one has datagrams or spin_ticks have passed"},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -13,6 +13,7 @@ after the send, so the logger, replay and the timekeeper still see every message
 """
 from __future__ import annotations
 
+import copy
 import json
 import select
 import signal
@@ -20,7 +21,7 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 
-from engine._native import recv_batch
+from engine._native import recv_spin
 from engine.book import Books
 from engine.clock import calibrate, tsc
 from engine.gateway import ORDER_FORMATS, STRATEGIES, OrderGateway, Session
@@ -30,12 +31,13 @@ from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_RE
 from engine.models import MODELS
 from engine.net import udp_receiver
 from engine.overseer import Overseer, RiskLimits
+from engine.protocol import md
 from engine.queues import Queue, QueueError, SeqlockVector
 from engine.telemetry import TelemetryRecorder
 
 
 CLOCK_CHECK_EVERY = 256          # single-process passes between looks at the clock for duration_s
-FEED_BATCH = 64                  # datagrams read from one feed per pass (recv_batch takes at most 64)
+FEED_BATCH = 64                  # datagrams read from one feed per pass (recv_spin takes at most 64)
 
 
 class ConfigError(ValueError):
@@ -59,6 +61,8 @@ class EngineConfig:
     wait: str = "yield"                                  # processes mode: "spin" or "yield"
     cpus: list[int] | None = None                        # processes mode: pin round robin
     timing: bool = True                                  # publish every stage to the timing queue
+    spin_us: int = 10                                    # single mode: a pass's wait for datagrams, spinning in C
+    warm_every: int = 1                                  # single mode: idle passes between hot-path warm-ups (0: off)
     telemetry: str | None = None
     logger: str | None = None                            # persistence log: a logger process records every queue
     duration_s: float | None = None
@@ -90,13 +94,17 @@ def parse_config(text: str) -> EngineConfig:
         telemetry=engine.get("telemetry"), duration_s=engine.get("duration_s"),
         max_orders=engine.get("max_orders"), mode=engine.get("mode", "single"),
         wait=engine.get("wait", "yield"), cpus=engine.get("cpus"), timing=engine.get("timing", True),
-        logger=engine.get("logger"))
+        logger=engine.get("logger"), spin_us=engine.get("spin_us", 10), warm_every=engine.get("warm_every", 1))
     if config.mode not in ("single", "processes"):
         raise ConfigError(f"engine.mode: {config.mode!r} is not single or processes")
     if config.wait not in ("spin", "yield"):
         raise ConfigError(f"engine.wait: {config.wait!r} is not spin or yield")
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"engine.strategy: {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    for key, unit in (("spin_us", "microseconds"), ("warm_every", "passes")):
+        value = getattr(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"engine.{key}: expected a whole number of {unit} >= 0, got {value!r}")
     if config.logger is not None and (not isinstance(config.logger, str) or not config.logger):
         raise ConfigError(f"engine.logger: expected a file path, got {config.logger!r}")
     if config.logger and not config.timing:
@@ -137,7 +145,10 @@ class Engine:
         md_q, orders_q, accounts_q, timing_q = self.queues
         self.ideal = SeqlockVector(f"{n}.ideal", IDEAL_ORDER.dtype, capacity=max(8, len(config.models)))
         timing = timing_q.producer() if config.timing else None
-        self.books = Books(lambda venue, instrument: config.ticks.get((venue, instrument), 10**6))
+
+        def tick_for(venue, instrument):
+            return config.ticks.get((venue, instrument), 10**6)
+        self.books = Books(tick_for)
         self.feeds = [udp_receiver(*v.feed) for v in config.venues]
         self.md = MarketDataHandler(self.feeds, self.books, md_q.producer(), timing)
         self.md_updates = md_q.consumer()
@@ -145,9 +156,6 @@ class Engine:
         for slot, m in enumerate(config.models):
             params = {k: v for k, v in m.items() if k not in ("type", "venue", "instrument")}
             self.models.append(MODELS[m["type"]](slot + 1, m["venue"], m["instrument"], slot, **params))
-        self.models_of: dict[tuple[int, int], list] = {}          # (venue, instrument) -> its models
-        for model in self.models:
-            self.models_of.setdefault((model.venue, model.instrument), []).append(model)
         self.overseer = Overseer(self.ideal, range(len(self.models)), orders_q.producer(), timing, config.risk,
                                  record_applies=bool(config.logger))
         self.account_updates = accounts_q.consumer()
@@ -160,14 +168,16 @@ class Engine:
             self.overseer.direct = self.gateway.submit
         self.calibration = None
         self.stopping = False
-        # One epoll for every socket: a pass costs one syscall when nothing is waiting.
+        # The feeds are read by recv_spin; one epoll watches the venue sessions.
+        self.feed_fds = [sock.fileno() for sock in self.feeds]
+        self.spin_ticks = 0               # set from the TSC calibration when the run starts
         self.poller = select.epoll()
         self.readers = {}
-        for sock in self.feeds:
-            self.poller.register(sock.fileno(), select.EPOLLIN)
-            self.readers[sock.fileno()] = sock
         self.gateway.on_connect = self._watch_session
         self.gateway.on_disconnect = self._unwatch_session
+        self.hot_path = HotPath(self.md, self.models, self.overseer, self.ideal, timing)
+        self.on_datagram = self.hot_path.on_datagram
+        self.warmer = HotPathWarmer(config, tick_for, self.models)
 
     def _watch_session(self, session) -> None:
         self.poller.register(session.sock.fileno(), select.EPOLLIN)   # EPOLLERR is always reported
@@ -177,41 +187,31 @@ class Engine:
         self.poller.unregister(session.sock.fileno())
         del self.readers[session.sock.fileno()]
 
-    def step(self) -> None:
-        """One single-process pass: sockets that are ready, then the Overseer if it has news."""
+    def step(self) -> bool:
+        """One single-process pass: the feeds (waiting up to spin_ticks for a datagram), then the
+        venue sessions that are ready, then the Overseer if it has news. False if no datagram came."""
+        got = self.read_feeds()
         for fd, events in self.poller.poll(0):
-            reader = self.readers.get(fd)
-            if isinstance(reader, Session):
-                self.gateway.on_readable(reader, bool(events & select.EPOLLERR))
-            elif reader is not None:
-                self.read_feed(reader)
+            session = self.readers.get(fd)
+            if session is not None:
+                self.gateway.on_readable(session, bool(events & select.EPOLLERR))
         if self.overseer.stale or self.account_updates.seq != self.gateway.accounts.seq:
             self.run_overseer()
         self.gateway.retry_down()
+        return got
 
-    def read_feed(self, sock) -> None:
-        """The datagrams waiting on a feed socket (at most FEED_BATCH, so that the venue's replies
-        are not starved by a flood), each straight through to the gateway. One recvmmsg takes
-        them all; each one's app_in is stamped when its turn comes."""
+    def read_feeds(self) -> bool:
+        """The datagrams waiting on the first feed that has any (at most FEED_BATCH, so that the
+        venue's replies are not starved by a flood), each straight through to the gateway.
+        recv_spin polls the feeds in C for up to spin_ticks; one recvmmsg takes the batch, and
+        each datagram's app_in is stamped when its turn comes."""
+        got = recv_spin(self.feed_fds, FEED_BATCH, self.spin_ticks)
+        if got is None:
+            return False
         on_datagram = self.on_datagram
-        for payload, kernel_rx_ns in recv_batch(sock.fileno(), FEED_BATCH):
+        for payload, kernel_rx_ns in got[1]:
             on_datagram(payload, kernel_rx_ns, tsc())
-
-    def on_datagram(self, payload, kernel_rx_ns: int, app_in: int) -> None:
-        """The hot path of single-process mode; the queue and vector writes follow the send."""
-        update = self.md.decode(payload, kernel_rx_ns, app_in)
-        if update is None:
-            return
-        fresh = {}
-        for model in self.models_of.get((update[5], update[6]), ()):
-            ideal = model.react(update)
-            if ideal is not None:
-                fresh[model.slot] = (model.writes, ideal)
-        if fresh:
-            self.overseer.poll(fresh)                 # sends through gateway.submit
-        self.md.publish(update)
-        for slot, (_writes, ideal) in fresh.items():
-            self.models[slot].publish(ideal, self.ideal, self.timing)
+        return True
 
     def run_models(self) -> int:
         """Processes mode: every waiting MarketUpdate through every trade model. Returns updates taken."""
@@ -249,12 +249,18 @@ class Engine:
         self.gateway.connect_all()
         limit, max_orders, counts = self.config.duration_s, self.config.max_orders, self.gateway.counts
         deadline = None if limit is None else time.monotonic() + limit
-        passes = 0
+        self.spin_ticks = self.config.spin_us * self.calibration.frequency_hz // 10**6
+        passes, idle, warm_every, warm = 0, 0, self.config.warm_every, self.warmer.run
         previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         try:
             while not self.stopping and not self.gateway.failed:
-                self.step()
                 passes += 1
+                if self.step():
+                    idle = 0
+                elif warm_every:
+                    idle += 1
+                    if idle % warm_every == 0:
+                        warm()
                 if deadline is not None and passes % CLOCK_CHECK_EVERY == 0 and time.monotonic() >= deadline:
                     break
                 if max_orders is not None and counts["orders"] >= max_orders:
@@ -297,6 +303,97 @@ class Engine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class HotPath:
+    """Single-process mode's path for one datagram: book -> the models of its instrument ->
+    Overseer -> gateway send. The queue and vector writes follow the send."""
+
+    def __init__(self, md_handler: MarketDataHandler, models: list, overseer: Overseer, ideal, timing):
+        self.md, self.models, self.overseer, self.ideal, self.timing = md_handler, models, overseer, ideal, timing
+        self.models_of: dict[tuple[int, int], list] = {}          # (venue, instrument) -> its models
+        for model in models:
+            self.models_of.setdefault((model.venue, model.instrument), []).append(model)
+
+    def on_datagram(self, payload, kernel_rx_ns: int, app_in: int) -> None:
+        update = self.md.decode(payload, kernel_rx_ns, app_in)
+        if update is not None:
+            self.record(update, self.decide(update))
+
+    def decide(self, update: tuple) -> dict:
+        """The models of the update's instrument, then the Overseer, which sends through the gateway.
+        Returns slot -> (writes, IdealOrder fields) of the models that changed their wish."""
+        fresh = {}
+        for model in self.models_of.get((update[5], update[6]), ()):
+            ideal = model.react(update)
+            if ideal is not None:
+                fresh[model.slot] = (model.writes, ideal)
+        if fresh:
+            self.overseer.poll(fresh)
+        return fresh
+
+    def record(self, update: tuple, fresh: dict) -> None:
+        """After the send: the MarketUpdate to the md queue, the ideal orders to the vector."""
+        self.md.publish(update)
+        for slot, (_writes, ideal) in fresh.items():
+            self.models[slot].publish(ideal, self.ideal, self.timing)
+
+
+class _Discard:
+    """Where the shadows' queue, vector and socket writes go."""
+
+    def publish(self, payload) -> int:
+        return 0
+
+    def write(self, slot, payload) -> None:
+        pass
+
+    def send(self, data) -> int:
+        return len(data)
+
+
+class HotPathWarmer:
+    """Cache warming, as trading engines do it: between datagrams the idle loop's syscalls evict
+    the hot path's code, data and branch history. So every few passes the same HotPath code, up
+    to the send, runs on shadows (`engine.warm_every`): a book of their own, deep copies of the models, an Overseer and a gateway whose
+    queues and sockets discard, fed a lopsided synthetic datagram per instrument. The real books,
+    models, orders and sockets are never touched."""
+
+    def __init__(self, config: EngineConfig, tick_for, models: list):
+        discard = _Discard()
+        timing = discard if config.timing else None
+        self.gateway = OrderGateway([Session(v.id, *v.gateway, account=v.account, orders=v.orders)
+                                     for v in config.venues], None, None, TelemetryRecorder(), config.strategy)
+        self.overseer = Overseer(discard, range(len(models)), discard, timing, config.risk)
+        self.overseer.direct = self.gateway.submit
+        for session in self.gateway.sessions.values():
+            session.sock = discard
+            self.gateway._prime(session)
+        self.path = HotPath(MarketDataHandler([], Books(tick_for), discard, timing), copy.deepcopy(models),
+                            self.overseer, discard, timing)
+        self.payloads = []
+        for venue, instrument in self.path.models_of:
+            tick = tick_for(venue, instrument)
+            self.payloads.append(md.MdDatagram(venue, 0, instrument, 0, (
+                md.L2Update(md.BID, md.SET, 1000 * tick, 900), md.L2Update(md.ASK, md.SET, 1001 * tick, 100))).encode())
+        self.turn = 0
+
+    def run(self) -> None:
+        self.turn = (self.turn + 1) % len(self.payloads)
+        path = self.path
+        path.decide(path.md.decode(self.payloads[self.turn], 0, tsc()))     # up to the send, not the writes
+        # The shadows' orders never settle: forget them, so that nothing grows and no limit trips.
+        overseer = self.overseer
+        overseer.orders.clear()
+        overseer.working.clear()
+        for account in overseer.accounts.values():
+            account.open_orders = 0
+        for session in self.gateway.sessions.values():
+            session.to_overseer.clear()
+            session.wire_of.clear()
+            session.prefix_end.clear()
+        self.gateway.telemetry.rows.clear()
+        self.gateway.telemetry.pending.clear()
 
 
 def config_record(config: EngineConfig) -> dict:

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from engine.book import ASK, BID, BookError, L2Book
+from engine.protocol import md
 
 
 class DictBook:
@@ -71,3 +72,54 @@ def test_bad_updates_raise_book_error():
             book.set_level(*args)
     with pytest.raises(BookError):
         L2Book(0)
+
+
+def _datagram(seq, updates):
+    """An MD datagram of (side, action, price, qty) updates; the first two must be a bid then an ask."""
+    return md.MdDatagram(1, seq, 7, 0, tuple(md.L2Update(*u) for u in updates)).encode()
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_apply_matches_set_level_per_entry(seed):
+    rng = np.random.default_rng(seed)
+    tick = 500_000
+    book, per_entry, ref = L2Book(tick, window=64), L2Book(tick, window=64), DictBook()
+    mid = 100_000 * tick
+    for seq in range(3_000):
+        mid += int(rng.integers(-3, 4)) * tick * (40 if rng.random() < 0.01 else 1)
+        updates = []
+        for k in range(int(rng.integers(2, 8))):
+            side = (BID, ASK)[k] if k < 2 else int(rng.integers(BID, ASK + 1))
+            offset = int(rng.geometric(0.3)) * (-1 if rng.random() < 0.03 else 1)      # some crossing
+            price = mid - offset * tick if side == BID else mid + offset * tick
+            action = md.DELETE if rng.random() < 0.3 else md.SET
+            updates.append((side, action, price, int(rng.integers(1, 1000))))
+        top = book.apply(_datagram(seq, updates), len(updates))
+        for side, action, price, qty in updates:
+            per_entry.set_level(side, price, qty if action == md.SET else 0)
+            ref.set_level(side, price, qty if action == md.SET else 0)
+        assert top == per_entry.top() == book.top(), seq
+        assert book.best_bid() == ref.best(BID) and book.best_ask() == ref.best(ASK), seq
+        assert book.depth(BID, 10) == ref.depth(BID, 10) and book.depth(ASK, 10) == ref.depth(ASK, 10), seq
+        assert book.window == per_entry.window
+    assert book.crossed_fixes == per_entry.crossed_fixes == ref.crossed_fixes > 0
+    assert book.window > 64
+
+
+def test_apply_refuses_a_short_buffer():
+    book = L2Book(100)
+    gram = _datagram(1, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7)])
+    for payload, count in ((gram, 3), (gram[:-1], 2), (gram[:31], 0), (b"", 1), (gram, 1 << 62)):
+        with pytest.raises(ValueError):
+            book.apply(payload, count)
+    assert book.top() == (0, 0, 0, 0)                 # nothing was read
+    assert book.apply(gram, 2) == (1000, 5, 1100, 7)
+
+
+def test_apply_raises_book_error_on_a_bad_side_and_keeps_earlier_entries():
+    book = L2Book(100)
+    gram = bytearray(_datagram(1, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7), (BID, md.SET, 900, 2)]))
+    gram[md.HEADER_SIZE + 2 * md.UPDATE_SIZE] = 3      # the third entry's side
+    with pytest.raises(BookError, match="side must be 1"):
+        book.apply(bytes(gram), 3)
+    assert book.top() == (1000, 5, 1100, 7)

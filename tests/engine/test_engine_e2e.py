@@ -258,13 +258,16 @@ instrument = 7
     assert (tmp_path / "run.tel").exists()
 
 
-def test_bad_engine_config_is_one_line_exit_2(tmp_path):
+@pytest.mark.parametrize("line, key", [('strategy = "teleport"', "engine.strategy"),
+                                       ("warm_every = -1", "engine.warm_every"),
+                                       ('warm_every = "often"', "engine.warm_every")])
+def test_bad_engine_config_is_one_line_exit_2(tmp_path, line, key):
     config = tmp_path / "engine.toml"
-    config.write_text('[engine]\nstrategy = "teleport"\n')
+    config.write_text(f"[engine]\n{line}\n")
     result = subprocess.run([sys.executable, "-m", "lab", "engine", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "engine.strategy" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and key in result.stderr
 
 
 class FixVenue(MiniVenue):

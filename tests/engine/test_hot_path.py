@@ -81,10 +81,12 @@ class Venue:
 
 
 def test_direct_hand_over_publishes_what_the_queue_path_publishes():
+    """Also with the hot path warmed on shadows before every datagram: the warm-ups change nothing real."""
     grams = market(400) + [b"WM" + bytes(30)]                      # one malformed datagram as well
     with Engine(config("single", "single")) as single, Engine(config("queues", "processes")) as queued:
         venues = Venue(single), Venue(queued)
         for seq, gram in enumerate(grams):
+            single.warmer.run()
             app_in = tsc()
             single.on_datagram(gram, seq, app_in)
             single.step()                                          # the rest of the loop's pass
@@ -101,6 +103,9 @@ def test_direct_hand_over_publishes_what_the_queue_path_publishes():
         assert fast == slow
         assert single.md.handled == queued.md.handled == 400 and single.md.dropped == queued.md.dropped
         assert single.overseer.accounts[1].positions == queued.overseer.accounts[1].positions
+        shadow = single.warmer.gateway
+        assert shadow.counts["orders"] >= len(grams) // 2          # each instrument-7 warm-up reached a send
+        assert not shadow.telemetry.rows and not single.warmer.overseer.orders   # and nothing piles up
         for engine in (single, queued):        # only live orders are kept: the map does not grow with the run
             assert len(engine.overseer.orders) <= len(engine.models)
             assert all(order.state != "done" for order in engine.overseer.orders.values())

@@ -94,7 +94,7 @@ def test_the_engine_reads_every_waiting_datagram_in_order_with_its_stamp():
             recv_batch(feed.fileno(), 64)                       # the warm-up datagrams
             before, after = send_all(feed, tx, grams)
             while engine.md.handled < len(grams) and time.time_ns() < after + 2 * 10**9:
-                engine.read_feed(feed)
+                engine.read_feeds()
         finally:
             tx.close()
         updates = queue_contents(engine)["md"]
