@@ -354,10 +354,10 @@ class _Discard:
 
 class HotPathWarmer:
     """Cache warming, as trading engines do it: between datagrams the idle loop's syscalls evict
-    the hot path's code, data and branch history. So every few passes the same HotPath code, up
-    to the send, runs on shadows (`engine.warm_every`): a book of their own, deep copies of the models, an Overseer and a gateway whose
-    queues and sockets discard, fed a lopsided synthetic datagram per instrument. The real books,
-    models, orders and sockets are never touched."""
+    the hot path's code, data and branch history. So after every `engine.warm_every` idle passes
+    the same HotPath code, up to the send, runs on shadows: a book of their own, deep copies of
+    the models, an Overseer and a gateway whose queues and sockets discard, fed a lopsided
+    synthetic datagram per instrument. The real books, models, orders and sockets are never touched."""
 
     def __init__(self, config: EngineConfig, tick_for, models: list):
         discard = _Discard()

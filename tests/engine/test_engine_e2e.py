@@ -260,7 +260,9 @@ instrument = 7
 
 @pytest.mark.parametrize("line, key", [('strategy = "teleport"', "engine.strategy"),
                                        ("warm_every = -1", "engine.warm_every"),
-                                       ('warm_every = "often"', "engine.warm_every")])
+                                       ('warm_every = "often"', "engine.warm_every"),
+                                       ("spin_us = 2.5", "engine.spin_us"),
+                                       ("spin_us = true", "engine.spin_us")])
 def test_bad_engine_config_is_one_line_exit_2(tmp_path, line, key):
     config = tmp_path / "engine.toml"
     config.write_text(f"[engine]\n{line}\n")

@@ -1,10 +1,12 @@
-"""engine._native.recv_batch: every waiting datagram and its kernel RX stamp in one recvmmsg call."""
+"""engine._native.recv_batch and recv_spin: every waiting datagram and its kernel RX stamp in one
+recvmmsg call; recv_spin polls several feeds in C until one has datagrams."""
 import socket
 import time
 
 import pytest
 
-from engine._native import recv_batch
+from engine._native import recv_batch, recv_spin
+from engine.clock import calibrate
 from engine.net import udp_receiver
 from engine.protocol import md
 from engine.runner import Engine
@@ -80,6 +82,33 @@ def test_a_closed_descriptor_raises_os_error():
     sock.close()
     with pytest.raises(OSError):
         recv_batch(fd, 4)
+
+
+def test_recv_spin_returns_the_feed_that_has_datagrams_and_its_batch(pair):
+    rx, tx = pair
+    quiet = udp_receiver()
+    try:
+        before, after = send_all(rx, tx, [b"one", b"two"])
+        index, batch = recv_spin([quiet.fileno(), rx.fileno()], 8, 0)
+    finally:
+        quiet.close()
+    assert index == 1 and [payload for payload, _ in batch] == [b"one", b"two"]
+    assert all(before <= stamp <= after for _, stamp in batch)
+
+
+def test_recv_spin_gives_none_after_spinning_its_budget_on_empty_feeds(pair):
+    rx, _ = pair
+    ticks = calibrate(duration_s=0.02, samples=50).frequency_hz // 1000       # 1 ms
+    start = time.monotonic_ns()
+    assert recv_spin([rx.fileno()], 8, ticks) is None
+    assert time.monotonic_ns() - start >= 900_000                             # it waited, not one look
+
+
+@pytest.mark.parametrize("fds, count, error", [([], 4, ValueError), ([-1], 4, ValueError), ([0], 0, ValueError),
+                                               ([0], 65, ValueError), (7, 4, TypeError), (["x"], 4, TypeError)])
+def test_recv_spin_bad_arguments_raise(fds, count, error):
+    with pytest.raises(error, match="recv_spin|integer"):
+        recv_spin(fds, count, 0)
 
 
 def test_the_engine_reads_every_waiting_datagram_in_order_with_its_stamp():
