@@ -11,8 +11,11 @@
  * below it (a missed delete is the usual cause), symmetrically for asks;
  * crossed_fixes counts them.
  *
- * apply(payload, count) applies a whole datagram's update entries (layout of
- * engine.protocol.md UPDATE) and returns top(): one call on the hot path.
+ * decode(payload, books, kernel_rx_ns, app_in) is MarketDataHandler's whole datagram in
+ * one call: it checks the header (engine.protocol.md HEADER) and every length, applies the
+ * update entries to the book of (venue, instrument), counts gaps in the feed's sequence on
+ * that book, and returns the MarketUpdate's fields. A datagram it cannot use raises
+ * DatagramError(reason).
  *
  * Prices are int64. Price arithmetic that can leave int64 (placing a window) is done
  * in __int128; a window whose prices would not all fit int64 is refused (BookError).
@@ -23,8 +26,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_tsc.h"
+
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "apply() reads the little-endian wire format with memcpy: little-endian hosts only"
+#error "decode() reads the little-endian wire format with memcpy: little-endian hosts only"
 #endif
 #if !defined(__SIZEOF_INT128__)
 #error "placing a window needs __int128"
@@ -33,11 +38,15 @@ typedef __int128 wide_t;
 
 enum { BID = 1, ASK = 2 };                         /* as on the wire (engine.protocol.md) */
 enum { SET = 1 };                                  /* update action; anything else deletes */
-enum { HEADER_SIZE = 32, UPDATE_SIZE = 24 };       /* engine.protocol.md HEADER, UPDATE */
+enum { HEADER_SIZE = 32, UPDATE_SIZE = 24, TRADE_SIZE = 24 };   /* engine.protocol.md HEADER, UPDATE, TRADE */
+enum { VERSION = 1, MSG_TYPE_MD = 1 };
+enum { VERSION_AT = 2, TYPE_AT = 3, LENGTH_AT = 4, VENUE_AT = 6, SEQ_AT = 8, INSTRUMENT_AT = 16,   /* header */
+       N_UPDATES_AT = 20, N_TRADES_AT = 22, SEND_TS_AT = 24 };
 enum { SIDE_AT = 0, ACTION_AT = 1, PRICE_AT = 8, QTY_AT = 16 };   /* offsets in an update entry */
+enum { TRADE_PRICE_AT = 0, TRADE_QTY_AT = 8 };                   /* offsets in a trade entry */
 #define MAX_WINDOW ((int64_t)(PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(int64_t)))
 
-static PyObject *BookError;
+static PyObject *BookError, *DatagramError;
 
 typedef struct {
     PyObject_HEAD
@@ -48,6 +57,9 @@ typedef struct {
     int64_t *ladder[3];        /* by side; [0] unused */
     int64_t best[3];           /* ladder index of the best bid / ask, -1 when empty */
     long long crossed_fixes;
+    unsigned long long datagrams;   /* decoded into this book */
+    unsigned long long last_seq;    /* of the last one */
+    unsigned long long gaps;        /* datagrams missing from the feed's sequence */
 } L2Book;
 
 /* Python's a // b for b > 0 (C's / truncates toward zero). */
@@ -304,33 +316,6 @@ static PyObject *book_delete_level(L2Book *b, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
-/* apply(payload, count): `count` update entries from byte HEADER_SIZE on, then top(). */
-static PyObject *book_apply(L2Book *b, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) return PyErr_Format(PyExc_TypeError, "apply takes 2 arguments (%zd given)", nargs);
-    Py_ssize_t count = PyLong_AsSsize_t(args[1]);
-    if (count == -1 && PyErr_Occurred()) return NULL;
-    if (count < 0) return PyErr_Format(BookError, "negative update count %zd", count);
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    if (view.len < HEADER_SIZE || count > (view.len - HEADER_SIZE) / UPDATE_SIZE) {
-        PyErr_Format(BookError, "payload of %zd bytes is too short for %zd update entries", view.len, count);
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    const unsigned char *entry = (const unsigned char *)view.buf + HEADER_SIZE;
-    for (Py_ssize_t k = 0; k < count; k++, entry += UPDATE_SIZE) {
-        int64_t price, qty;
-        memcpy(&price, entry + PRICE_AT, sizeof price);
-        memcpy(&qty, entry + QTY_AT, sizeof qty);
-        if (set_level(b, entry[SIDE_AT], price, entry[ACTION_AT] == SET ? qty : 0) < 0) {
-            PyBuffer_Release(&view);             /* the entries before this one stay applied */
-            return NULL;
-        }
-    }
-    PyBuffer_Release(&view);
-    return top_tuple(b);
-}
-
 static PyObject *book_clear(L2Book *b, PyObject *Py_UNUSED(ignored)) {
     for (int side = BID; side <= ASK; side++) {
         memset(b->ladder[side], 0, (size_t)b->window * sizeof(int64_t));
@@ -377,9 +362,6 @@ static PyMethodDef book_methods[] = {
      "set_level(side, price, qty): set the quantity at a price; qty 0 deletes the level"},
     {"delete_level", (PyCFunction)(void (*)(void))book_delete_level, METH_FASTCALL,
      "delete_level(side, price)"},
-    {"apply", (PyCFunction)(void (*)(void))book_apply, METH_FASTCALL,
-     "apply(payload, count) -> top(): set_level for each of `count` MD update entries after the 32-byte header "
-     "(action 1 sets qty, any other deletes)"},
     {"clear", (PyCFunction)book_clear, METH_NOARGS, "clear(): remove every level"},
     {"best_bid", (PyCFunction)book_best_bid, METH_NOARGS, "best_bid() -> (price, qty) or None"},
     {"best_ask", (PyCFunction)book_best_ask, METH_NOARGS, "best_ask() -> (price, qty) or None"},
@@ -395,6 +377,9 @@ static PyMemberDef book_members[] = {
     {"tick", T_LONGLONG, offsetof(L2Book, tick), READONLY, "price tick, 1e-8 units"},
     {"window", T_LONGLONG, offsetof(L2Book, window), READONLY, "levels per ladder"},
     {"crossed_fixes", T_LONGLONG, offsetof(L2Book, crossed_fixes), READONLY, "times the crossed-book guard fired"},
+    {"datagrams", T_ULONGLONG, offsetof(L2Book, datagrams), READONLY, "datagrams decode() applied to this book"},
+    {"last_seq", T_ULONGLONG, offsetof(L2Book, last_seq), READONLY, "feed sequence number of the last of them"},
+    {"gaps", T_ULONGLONG, offsetof(L2Book, gaps), READONLY, "datagrams missing from the feed's sequence"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -410,7 +395,112 @@ static PyTypeObject L2BookType = {
     .tp_members = book_members,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_book", NULL, -1, NULL};
+/* -- decode: one market-data datagram ------------------------------------------------ */
+
+#define LOAD(type, p) ({ type value_; memcpy(&value_, (p), sizeof value_); value_; })
+
+/* The reason a datagram cannot be used, or NULL. */
+static const char *header_problem(const unsigned char *p, Py_ssize_t size) {
+    if (size < HEADER_SIZE) return "short datagram";
+    if (p[0] != 'W' || p[1] != 'M') return "unknown magic";
+    if (p[VERSION_AT] != VERSION || p[TYPE_AT] != MSG_TYPE_MD) return "unknown version or type";
+    Py_ssize_t length = LOAD(uint16_t, p + LENGTH_AT);
+    Py_ssize_t entries = (Py_ssize_t)LOAD(uint16_t, p + N_UPDATES_AT) + LOAD(uint16_t, p + N_TRADES_AT);
+    if (length != size || HEADER_SIZE + UPDATE_SIZE * entries != length) return "length mismatch";
+    return NULL;
+}
+
+/* The book of (venue, instrument) from `books`: a dict (its __missing__ makes new books), or any mapping. */
+static L2Book *book_of(PyObject *books, unsigned venue, unsigned long instrument) {
+    PyObject *key = Py_BuildValue("(Ik)", venue, instrument);
+    if (!key) return NULL;
+    PyObject *book = PyDict_CheckExact(books) ? Py_XNewRef(PyDict_GetItemWithError(books, key)) : NULL;
+    if (!book && !PyErr_Occurred()) book = PyObject_GetItem(books, key);
+    Py_DECREF(key);
+    if (book && !PyObject_TypeCheck(book, &L2BookType)) {
+        PyErr_Format(PyExc_TypeError, "books[%u, %lu] is not an L2Book", venue, instrument);
+        Py_CLEAR(book);
+    }
+    return (L2Book *)book;
+}
+
+static PyObject *tuple_of_int64(const int64_t *fields, int count, int first_unsigned, int last_unsigned) {
+    PyObject *out = PyTuple_New(count);
+    if (!out) return NULL;
+    for (int k = 0; k < count; k++) {
+        PyObject *field = (k >= first_unsigned && k <= last_unsigned) ? PyLong_FromUnsignedLongLong((uint64_t)fields[k])
+                                                                      : PyLong_FromLongLong(fields[k]);
+        if (!field) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, k, field);
+    }
+    return out;
+}
+
+/* decode(payload, books, kernel_rx_ns, app_in) -> the MarketUpdate fields (engine.messages) */
+static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) return PyErr_Format(PyExc_TypeError, "decode takes 4 arguments (%zd given)", nargs);
+    long long kernel_rx_ns = PyLong_AsLongLong(args[2]);
+    if (kernel_rx_ns == -1 && PyErr_Occurred()) return NULL;
+    unsigned long long app_in = PyLong_AsUnsignedLongLong(args[3]);
+    if (app_in == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = view.buf;
+    const char *problem = header_problem(p, view.len);
+    if (problem) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(DatagramError, problem);
+        return NULL;
+    }
+    uint64_t seq = LOAD(uint64_t, p + SEQ_AT);
+    unsigned venue = LOAD(uint16_t, p + VENUE_AT);
+    unsigned long instrument = LOAD(uint32_t, p + INSTRUMENT_AT);
+    L2Book *b = book_of(args[1], venue, instrument);
+    if (!b) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const unsigned char *entry = p + HEADER_SIZE;
+    for (int k = LOAD(uint16_t, p + N_UPDATES_AT); k > 0; k--, entry += UPDATE_SIZE) {
+        int64_t qty = LOAD(int64_t, entry + QTY_AT);
+        if (set_level(b, entry[SIDE_AT], LOAD(int64_t, entry + PRICE_AT), entry[ACTION_AT] == SET ? qty : 0) < 0) {
+            PyBuffer_Release(&view);             /* the entries before this one stay applied */
+            Py_DECREF(b);
+            PyErr_SetString(DatagramError, "bad book update");
+            return NULL;
+        }
+    }
+    int64_t trade_price = 0, trade_qty = 0;
+    if (LOAD(uint16_t, p + N_TRADES_AT)) {       /* the last trade entry */
+        const unsigned char *trade = p + view.len - TRADE_SIZE;
+        trade_price = LOAD(int64_t, trade + TRADE_PRICE_AT);
+        trade_qty = LOAD(int64_t, trade + TRADE_QTY_AT);
+    }
+    if (b->datagrams && seq > b->last_seq + 1) b->gaps += seq - b->last_seq - 1;
+    b->last_seq = seq;
+    b->datagrams++;
+    int64_t bid = b->best[BID], ask = b->best[ASK];
+    int64_t fields[13] = {
+        (int64_t)app_in, (int64_t)tsc_now(), kernel_rx_ns, (int64_t)seq, LOAD(int64_t, p + SEND_TS_AT), venue,
+        (int64_t)instrument, bid >= 0 ? price_at(b, bid) : 0, bid >= 0 ? b->ladder[BID][bid] : 0,
+        ask >= 0 ? price_at(b, ask) : 0, ask >= 0 ? b->ladder[ASK][ask] : 0, trade_price, trade_qty};
+    PyBuffer_Release(&view);
+    Py_DECREF(b);
+    return tuple_of_int64(fields, 13, 0, 3);    /* app_in, publish TSC, kernel RX ns, seq: unsigned */
+}
+
+static PyMethodDef module_methods[] = {
+    {"decode", (PyCFunction)(void (*)(void))md_decode, METH_FASTCALL,
+     "decode(payload, books, kernel_rx_ns, app_in) -> MarketUpdate fields (app_in, publish TSC, kernel_rx_ns, seq, "
+     "send_ts_ns, venue, instrument, bid price, bid qty, ask price, ask qty, trade price, trade qty); "
+     "DatagramError(reason) if it cannot be used"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_book", NULL, -1, module_methods};
 
 PyMODINIT_FUNC PyInit__book(void) {
     if (PyType_Ready(&L2BookType) < 0) return NULL;
@@ -419,7 +509,11 @@ PyMODINIT_FUNC PyInit__book(void) {
     BookError = PyErr_NewExceptionWithDoc(
         "engine.book.BookError", "An update the book cannot apply (off the tick grid, negative quantity, bad side).",
         PyExc_ValueError, NULL);
-    if (!BookError || PyModule_AddObjectRef(m, "BookError", BookError) < 0 ||
+    DatagramError = PyErr_NewExceptionWithDoc(
+        "engine.book.DatagramError", "A market-data datagram that cannot be used; the message is the drop reason.",
+        PyExc_ValueError, NULL);
+    if (!BookError || !DatagramError || PyModule_AddObjectRef(m, "BookError", BookError) < 0 ||
+        PyModule_AddObjectRef(m, "DatagramError", DatagramError) < 0 ||
         PyModule_AddObjectRef(m, "L2Book", (PyObject *)&L2BookType) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -33,23 +33,7 @@
 #include <sys/socket.h>
 #endif
 
-#if defined(__x86_64__)
-#include <x86intrin.h>
-#define WIRELAB_HAS_RDTSCP 1
-static inline uint64_t tsc_now(void) {
-    unsigned int aux;
-    return __rdtscp(&aux);
-}
-static inline void cpu_relax(void) { _mm_pause(); }
-#else
-#define WIRELAB_HAS_RDTSCP 0
-static inline uint64_t tsc_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-static inline void cpu_relax(void) {}
-#endif
+#include "_tsc.h"
 
 enum { READ_OK = 0, READ_NOT_READY = 1, READ_SPED_PAST = 2 };
 
@@ -440,6 +424,18 @@ static int writer_init(RingWriter *w, PyObject *args, PyObject *kwds) {
     return ring_init(&w->ring, head, slots, capacity, stride, payload_size);
 }
 
+/* One message into the next slot: its sequence number, or NULL (ValueError) if the size is wrong. */
+static PyObject *writer_put(RingWriter *w, const char *data, Py_ssize_t size) {
+    Ring *ring = &w->ring;
+    if ((uint64_t)size != ring->payload_size)
+        return PyErr_Format(PyExc_ValueError, "message is %zd bytes; the queue's dtype is %llu", size,
+                            (unsigned long long)ring->payload_size);
+    uint64_t seq = w->shared ? __atomic_fetch_add(ring->head, 1, __ATOMIC_ACQ_REL) : w->seq++;
+    if (!slot_write(ring_slot(ring, seq), seq >> ring->lap_shift, data, ring->payload_size)) w->lapped++;
+    if (!w->shared) __atomic_store_n(ring->head, w->seq, __ATOMIC_RELEASE);
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
 /* publish(payload) -> sequence number. Bytes go straight in; anything else is first
  * converted by the subclass's _as_bytes(payload). */
 static PyObject *writer_publish(RingWriter *w, PyObject *payload) {
@@ -454,24 +450,26 @@ static PyObject *writer_publish(RingWriter *w, PyObject *payload) {
         }
         payload = converted;
     }
-    Ring *ring = &w->ring;
-    if ((uint64_t)PyBytes_GET_SIZE(payload) != ring->payload_size) {
-        PyErr_Format(PyExc_ValueError, "message is %zd bytes; the queue's dtype is %llu", PyBytes_GET_SIZE(payload),
-                     (unsigned long long)ring->payload_size);
-        Py_XDECREF(converted);
-        return NULL;
-    }
-    uint64_t seq = w->shared ? __atomic_fetch_add(ring->head, 1, __ATOMIC_ACQ_REL) : w->seq++;
-    if (!slot_write(ring_slot(ring, seq), seq >> ring->lap_shift, PyBytes_AS_STRING(payload), ring->payload_size))
-        w->lapped++;
-    if (!w->shared) __atomic_store_n(ring->head, w->seq, __ATOMIC_RELEASE);
+    PyObject *seq = writer_put(w, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload));
     Py_XDECREF(converted);
-    return PyLong_FromUnsignedLongLong(seq);
+    return seq;
+}
+
+/* publish_words(*words) -> sequence number: a message of unsigned 64-bit words, written
+ * straight into the slot. The timing queue's records take this path: no bytes object. */
+static PyObject *writer_publish_words(RingWriter *w, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t words[8];
+    if (nargs > 8) return PyErr_Format(PyExc_TypeError, "publish_words takes at most 8 words (%zd given)", nargs);
+    for (Py_ssize_t k = 0; k < nargs; k++)
+        if (!u64_arg(args[k], &words[k])) return NULL;
+    return writer_put(w, (const char *)words, nargs * (Py_ssize_t)sizeof(uint64_t));
 }
 
 static PyMethodDef writer_methods[] = {
     {"publish", (PyCFunction)writer_publish, METH_O,
      "publish(payload) -> sequence number; bytes of the payload size, or whatever _as_bytes converts"},
+    {"publish_words", (PyCFunction)(void (*)(void))writer_publish_words, METH_FASTCALL,
+     "publish_words(*words) -> sequence number; a message of unsigned 64-bit little-endian words"},
     {NULL, NULL, 0, NULL},
 };
 

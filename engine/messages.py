@@ -86,6 +86,12 @@ TIMING = Layout("Timing", 32, [
 ACTORS = {"md_handler": 1, "trade_model": 2, "overseer": 3, "gateway": 4}
 KINDS = {"market_update": 1, "ideal_order": 2, "order_request": 3, "order_sent": 4, "account_update": 5}
 
+def timing_word(actor: str, kind: str) -> int:
+    """A Timing record's first 64-bit word (publisher, kind, zero padding): the timing queue's
+    producers write records with Producer.publish_words(word, origin, publish, seq)."""
+    return ACTORS[actor] | KINDS[kind] << 16
+
+
 _STRUCT_CODES = {"u1": "B", "<u2": "H", "<u4": "I", "<u8": "Q", "<i8": "q"}
 
 

@@ -8,14 +8,12 @@ functions of the updates they see, so a replay reproduces them exactly.
 from __future__ import annotations
 
 from engine.clock import tsc
-from engine.messages import ACTORS, IDEAL_ORDER, KINDS, MARKET_UPDATE, TIMING, struct_of
+from engine.messages import IDEAL_ORDER, MARKET_UPDATE, struct_of, timing_word
 from engine.protocol.orders import BUY, DAY, IOC, SELL
 
 UPDATE = struct_of(MARKET_UPDATE)
 IDEAL = struct_of(IDEAL_ORDER)
-TIMING_STRUCT = struct_of(TIMING)
-PUBLISHER = ACTORS["trade_model"]
-KIND = KINDS["ideal_order"]
+TIMING_WORD = timing_word("trade_model", "ideal_order")
 FLAT = 0
 
 
@@ -23,6 +21,9 @@ class TradeModel:
     """Subclasses implement decide(update fields) -> wish or None (None: no change).
 
     A wish is a tuple (side, price, qty, time_in_force); side FLAT means no order wanted.
+    decide() must not change the model's state beyond `last`: the single-process engine
+    rehearses the real models on synthetic updates to keep them in cache, and puts back
+    `last` and `writes` afterwards (engine.runner.HotPathWarmer).
     """
     name = "model"
 
@@ -61,7 +62,7 @@ class TradeModel:
         """Write an ideal order to the model's slot (and its stamp on the timing queue)."""
         vector.write(self.slot, IDEAL.pack(*ideal))
         if timing is not None:
-            timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, ideal[0], ideal[1], ideal[2]))
+            timing.publish_words(TIMING_WORD, ideal[0], ideal[1], ideal[2])
 
     def decide(self, bid_px, bid_qty, ask_px, ask_qty, trade_px, trade_qty) -> tuple | None:
         raise NotImplementedError

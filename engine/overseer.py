@@ -11,15 +11,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from engine.clock import tsc
-from engine.messages import ACCOUNT_UPDATE, ACTORS, IDEAL_ORDER, KINDS, ORDER_REQUEST, TIMING, struct_of
+from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, ORDER_REQUEST, struct_of, timing_word
 from engine.protocol.orders import BUY, IOC
 
 IDEAL = struct_of(IDEAL_ORDER)
 REQUEST = struct_of(ORDER_REQUEST)
 ACCOUNT = struct_of(ACCOUNT_UPDATE)
-TIMING_STRUCT = struct_of(TIMING)
-PUBLISHER = ACTORS["overseer"]
-KIND = KINDS["order_request"]
+REQUEST_TIMING = timing_word("overseer", "order_request")
+APPLY_TIMING = timing_word("overseer", "account_update")
 NEW, CANCEL = ord("N"), ord("C")         # OrderRequest kinds
 PRICE_SCALE = 10**8                       # prices are 1e-8 units of the currency
 
@@ -107,22 +106,29 @@ class Overseer:
             acted += self.weigh(slot, ideal)
         return acted
 
+    def take(self, slot: int, writes: int, ideal: tuple) -> int:
+        """Single-process mode with no slot stale: one model's fresh wish (its write count and
+        IdealOrder fields), weighed at once; the model writes the vector after the send."""
+        self.seen[slot] = 2 * writes
+        return self.weigh(slot, ideal)
+
     def weigh(self, slot: int, ideal: tuple) -> int:
         """Send what closes the gap between a slot's ideal order (its fields) and its working order."""
-        (origin, _pub, md_seq, model, venue, instrument, side, tif, price, qty, decided, kernel_rx) = ideal
-        cause = (origin, decided, kernel_rx)
+        side, tif = ideal[6], ideal[7]
         if tif == IOC:
-            return self.new_order(cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) if side else 0
+            return self.new_order(ideal, slot) if side else 0
         working = self.working.get(slot)
         if working is not None:
             if working.state != "open":
                 return 0                                  # in flight: decide again once it settles
-            if side and (working.side, working.price, working.qty - working.filled) == (side, price, qty):
+            if side and (working.side, working.price, working.qty - working.filled) == (side, ideal[8], ideal[9]):
                 return 0
-            return self.cancel(cause, md_seq, model, working)
-        return self.new_order(cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) if side else 0
+            return self.cancel(ideal, working)
+        return self.new_order(ideal, slot) if side else 0
 
-    def new_order(self, cause, md_seq, model, venue, instrument, side, tif, price, qty, slot) -> int:
+    def new_order(self, ideal: tuple, slot: int) -> int:
+        """The ideal order as a new order, if the risk limits allow it."""
+        (origin, _pub, md_seq, model, venue, instrument, side, tif, price, qty, decided, kernel_rx) = ideal
         account, limits = self.accounts.get(venue) or self.account(venue), self.limits
         signed = qty if side == BUY else -qty
         if not account.connected:
@@ -135,8 +141,9 @@ class Overseer:
             self.refused["position limit"] += 1
         else:
             client_order_id = self.next_id
-            self.next_id += 1
-            self._publish(cause, client_order_id, md_seq, venue, model, instrument, NEW, side, tif, price, qty, 0)
+            self.next_id = client_order_id + 1
+            self._send((origin, tsc(), client_order_id, md_seq, venue, model, instrument, NEW, side, tif, price, qty,
+                        0, decided, kernel_rx))
             order = Order(client_order_id, venue, instrument, slot, side, price, qty, tif)   # after the send
             self.orders[client_order_id] = order
             if tif != IOC:
@@ -145,26 +152,23 @@ class Overseer:
             return 1
         return 0
 
-    def cancel(self, cause, md_seq, model, order: Order) -> int:
+    def cancel(self, ideal: tuple, order: Order) -> int:
+        """Cancel a working order that the slot's ideal order no longer matches."""
         order.state = "cancelling"
         request_id = self.next_id
         self.next_id += 1
-        self._publish(cause, request_id, md_seq, order.venue, model, order.instrument, CANCEL, order.side,
-                      order.time_in_force, order.price, order.qty, order.client_order_id)
+        self._send((ideal[0], tsc(), request_id, ideal[2], order.venue, ideal[3], order.instrument, CANCEL, order.side,
+                    order.time_in_force, order.price, order.qty, order.client_order_id, ideal[10], ideal[11]))
         return 1
 
-    def _publish(self, cause, client_order_id, md_seq, venue, model, instrument, kind, side, tif, price,
-                 qty, target):
-        origin, decided, kernel_rx = cause
-        direct = self.direct
-        published = tsc()
-        request = (origin, published, client_order_id, md_seq, venue, model, instrument, kind, side, tif,
-                   price, qty, target, decided, kernel_rx)
-        if direct is not None:
-            direct(request)                               # single-process mode: the gateway sends it now
+    def _send(self, request: tuple) -> None:
+        """An OrderRequest (its fields, published at request[1]): in single-process mode to the gateway
+        first, which sends it; then to the orders queue and its stamp to the timing queue."""
+        if self.direct is not None:
+            self.direct(request)
         seq = self.requests.publish(REQUEST.pack(*request))
         if self.timing is not None:
-            self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KIND, origin, published, seq))
+            self.timing.publish_words(REQUEST_TIMING, request[0], request[1], seq)
         self.sent += 1
 
     # -- account updates from the gateway ------------------------------------------------
@@ -172,8 +176,7 @@ class Overseer:
         """Take in one account update (`seq`: its number on the accounts queue)."""
         self._apply(raw)
         if self.record_applies:
-            self.timing.publish(TIMING_STRUCT.pack(PUBLISHER, KINDS["account_update"],
-                                                   int.from_bytes(raw[:8], "little"), tsc(), seq))
+            self.timing.publish_words(APPLY_TIMING, int.from_bytes(raw[:8], "little"), tsc(), seq)
 
     def _apply(self, raw: bytes) -> None:
         (_origin, _pub, client_order_id, _venue_id, venue, kind, side, price, qty, leaves,

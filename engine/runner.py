@@ -13,7 +13,6 @@ after the send, so the logger, replay and the timekeeper still see every message
 """
 from __future__ import annotations
 
-import copy
 import json
 import select
 import signal
@@ -177,7 +176,7 @@ class Engine:
         self.gateway.on_disconnect = self._unwatch_session
         self.hot_path = HotPath(self.md, self.models, self.overseer, self.ideal, timing)
         self.on_datagram = self.hot_path.on_datagram
-        self.warmer = HotPathWarmer(config, tick_for, self.models)
+        self.warmer = HotPathWarmer(config, tick_for, self.models, self.books)
 
     def _watch_session(self, session) -> None:
         self.poller.register(session.sock.fileno(), select.EPOLLIN)   # EPOLLERR is always reported
@@ -321,15 +320,22 @@ class HotPath:
             self.record(update, self.decide(update))
 
     def decide(self, update: tuple) -> dict:
-        """The models of the update's instrument, then the Overseer, which sends through the gateway.
+        """The models of the update's instrument, in slot order; each fresh wish goes to the Overseer
+        at once, which sends through the gateway before the next model runs (as separate actors
+        would: a taker's order does not wait for a slower model). When a slot is stale the
+        Overseer takes the wishes together, with its recheck of every slot.
         Returns slot -> (writes, IdealOrder fields) of the models that changed their wish."""
         fresh = {}
+        overseer = self.overseer
+        stale = overseer.stale            # only account updates set it: constant during this loop
         for model in self.models_of.get((update[5], update[6]), ()):
             ideal = model.react(update)
             if ideal is not None:
                 fresh[model.slot] = (model.writes, ideal)
-        if fresh:
-            self.overseer.poll(fresh)
+                if not stale:
+                    overseer.take(model.slot, model.writes, ideal)
+        if stale and fresh:
+            overseer.poll(fresh)
         return fresh
 
     def record(self, update: tuple, fresh: dict) -> None:
@@ -345,6 +351,9 @@ class _Discard:
     def publish(self, payload) -> int:
         return 0
 
+    def publish_words(self, *words) -> int:
+        return 0
+
     def write(self, slot, payload) -> None:
         pass
 
@@ -353,13 +362,14 @@ class _Discard:
 
 
 class HotPathWarmer:
-    """Cache warming, as trading engines do it: between datagrams the idle loop's syscalls evict
-    the hot path's code, data and branch history. So after every `engine.warm_every` idle passes
-    the same HotPath code, up to the send, runs on shadows: a book of their own, deep copies of
-    the models, an Overseer and a gateway whose queues and sockets discard, fed a lopsided
-    synthetic datagram per instrument. The real books, models, orders and sockets are never touched."""
+    """Cache warming, as trading engines do it: between datagrams the idle loop's syscalls evict the
+    hot path's code, data and branch history. So after every `engine.warm_every` idle passes the
+    same HotPath code, up to the send, runs on a lopsided synthetic datagram per instrument: through
+    a book of its own, the real models (their data is as cold as the code; their `last` and `writes`
+    are put back after, and decide() is pure), and an Overseer and gateway whose queues and sockets
+    discard. The real books are only read. The real orders, sockets and queues are never touched."""
 
-    def __init__(self, config: EngineConfig, tick_for, models: list):
+    def __init__(self, config: EngineConfig, tick_for, models: list, books: Books):
         discard = _Discard()
         timing = discard if config.timing else None
         self.gateway = OrderGateway([Session(v.id, *v.gateway, account=v.account, orders=v.orders)
@@ -369,19 +379,27 @@ class HotPathWarmer:
         for session in self.gateway.sessions.values():
             session.sock = discard
             self.gateway._prime(session)
-        self.path = HotPath(MarketDataHandler([], Books(tick_for), discard, timing), copy.deepcopy(models),
-                            self.overseer, discard, timing)
-        self.payloads = []
+        self.path = HotPath(MarketDataHandler([], Books(tick_for), discard, timing), models, self.overseer,
+                            discard, timing)
+        self.books = books
+        self.turns = []                   # (instrument's key, its datagram)
         for venue, instrument in self.path.models_of:
             tick = tick_for(venue, instrument)
-            self.payloads.append(md.MdDatagram(venue, 0, instrument, 0, (
-                md.L2Update(md.BID, md.SET, 1000 * tick, 900), md.L2Update(md.ASK, md.SET, 1001 * tick, 100))).encode())
+            self.turns.append(((venue, instrument), md.MdDatagram(venue, 0, instrument, 0, (
+                md.L2Update(md.BID, md.SET, 1000 * tick, 900), md.L2Update(md.ASK, md.SET, 1001 * tick, 100))).encode()))
         self.turn = 0
 
     def run(self) -> None:
-        self.turn = (self.turn + 1) % len(self.payloads)
+        self.turn = (self.turn + 1) % len(self.turns)
+        key, payload = self.turns[self.turn]
         path = self.path
-        path.decide(path.md.decode(self.payloads[self.turn], 0, tsc()))     # up to the send, not the writes
+        book = self.books.get(key)                # get: no book is made for an instrument not seen yet
+        if book is not None:
+            book.top()
+        states = [(model, model.last, model.writes) for model in path.models]
+        path.decide(path.md.decode(payload, 0, tsc()))     # up to the send, not the writes
+        for model, last, writes in states:
+            model.last, model.writes = last, writes
         # The shadows' orders never settle: forget them, so that nothing grows and no limit trips.
         overseer = self.overseer
         overseer.orders.clear()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.book import ASK, BID, BookError, L2Book
+from engine.book import ASK, BID, BookError, Books, DatagramError, L2Book, decode_datagram
 from engine.protocol import md
 
 
@@ -74,18 +74,23 @@ def test_bad_updates_raise_book_error():
         L2Book(0)
 
 
-def _datagram(seq, updates):
+def _datagram(seq, updates, trades=(), venue=1, instrument=7):
     """An MD datagram of (side, action, price, qty) updates; the first two must be a bid then an ask."""
-    return md.MdDatagram(1, seq, 7, 0, tuple(md.L2Update(*u) for u in updates)).encode()
+    return md.MdDatagram(venue, seq, instrument, 10**18 + seq, tuple(md.L2Update(*u) for u in updates),
+                         tuple(md.Trade(*t) for t in trades)).encode()
 
 
 @pytest.mark.parametrize("seed", [4, 5])
-def test_apply_matches_set_level_per_entry(seed):
+def test_decode_matches_set_level_per_entry_and_counts_the_feed_gaps(seed):
     rng = np.random.default_rng(seed)
     tick = 500_000
-    book, per_entry, ref = L2Book(tick, window=64), L2Book(tick, window=64), DictBook()
+    books, per_entry, ref = Books(lambda venue, instrument: tick), L2Book(tick), DictBook()
     mid = 100_000 * tick
-    for seq in range(3_000):
+    seq, expected_gaps = 0, 0
+    for n in range(3_000):
+        skip = int(rng.integers(1, 4)) if rng.random() < 0.05 else 0      # datagrams lost on the feed
+        seq += 1 + skip
+        expected_gaps += skip if n else 0
         mid += int(rng.integers(-3, 4)) * tick * (40 if rng.random() < 0.01 else 1)
         updates = []
         for k in range(int(rng.integers(2, 8))):
@@ -94,32 +99,49 @@ def test_apply_matches_set_level_per_entry(seed):
             price = mid - offset * tick if side == BID else mid + offset * tick
             action = md.DELETE if rng.random() < 0.3 else md.SET
             updates.append((side, action, price, int(rng.integers(1, 1000))))
-        top = book.apply(_datagram(seq, updates), len(updates))
+        trades = [(mid, int(rng.integers(1, 50)), 1) for _ in range(int(rng.integers(0, 3)))]
+        fields = decode_datagram(_datagram(seq, updates, trades), books, 5_000 + n, 9_000 + n)
         for side, action, price, qty in updates:
             per_entry.set_level(side, price, qty if action == md.SET else 0)
             ref.set_level(side, price, qty if action == md.SET else 0)
-        assert top == per_entry.top() == book.top(), seq
+        book = books[1, 7]
+        app_in, published, kernel_rx, got_seq, send_ts, venue, instrument, *top, trade_px, trade_qty = fields
+        assert (app_in, kernel_rx, got_seq, send_ts, venue, instrument) == (9_000 + n, 5_000 + n, seq,
+                                                                            10**18 + seq, 1, 7)
+        assert published > 0 and (trade_px, trade_qty) == (trades[-1][:2] if trades else (0, 0))
+        assert tuple(top) == per_entry.top() == book.top(), seq
         assert book.best_bid() == ref.best(BID) and book.best_ask() == ref.best(ASK), seq
         assert book.depth(BID, 10) == ref.depth(BID, 10) and book.depth(ASK, 10) == ref.depth(ASK, 10), seq
-        assert book.window == per_entry.window
     assert book.crossed_fixes == per_entry.crossed_fixes == ref.crossed_fixes > 0
-    assert book.window > 64
+    assert (book.datagrams, book.last_seq, book.gaps) == (3_000, seq, expected_gaps) and expected_gaps > 0
 
 
-def test_apply_refuses_a_short_buffer():
-    book = L2Book(100)
+def test_decode_drops_what_it_cannot_use_with_its_reason():
+    books = Books(lambda venue, instrument: 100)
     gram = _datagram(1, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7)])
-    for payload, count in ((gram, 3), (gram[:-1], 2), (gram[:31], 0), (b"", 1), (gram, 1 << 62)):
-        with pytest.raises(ValueError):
-            book.apply(payload, count)
-    assert book.top() == (0, 0, 0, 0)                 # nothing was read
-    assert book.apply(gram, 2) == (1000, 5, 1100, 7)
+    wrong_count = bytearray(gram)
+    wrong_count[md.HEADER.offset("n_updates")] = 3     # the header claims an entry that is not there
+    cases = [(b"", "short datagram"), (gram[:31], "short datagram"), (b"XM" + gram[2:], "unknown magic"),
+             (gram[:2] + b"\x02" + gram[3:], "unknown version or type"),
+             (gram[:3] + b"\x09" + gram[4:], "unknown version or type"),
+             (gram[:-1], "length mismatch"), (gram + bytes(24), "length mismatch"),
+             (bytes(wrong_count), "length mismatch")]
+    for payload, reason in cases:
+        with pytest.raises(DatagramError) as caught:
+            decode_datagram(payload, books, 0, 0)
+        assert caught.value.args == (reason,), payload
+    assert not books                                   # no book was made for what was not used
+    assert decode_datagram(gram, books, 0, 0)[7:11] == (1000, 5, 1100, 7)
+    with pytest.raises(TypeError):
+        decode_datagram(gram, {(1, 7): "not a book"}, 0, 0)
+    with pytest.raises(TypeError):
+        decode_datagram(gram, books, 0)
 
 
-def test_apply_raises_book_error_on_a_bad_side_and_keeps_earlier_entries():
-    book = L2Book(100)
+def test_a_bad_update_drops_the_datagram_and_keeps_earlier_entries():
+    books = Books(lambda venue, instrument: 100)
     gram = bytearray(_datagram(1, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7), (BID, md.SET, 900, 2)]))
     gram[md.HEADER_SIZE + 2 * md.UPDATE_SIZE] = 3      # the third entry's side
-    with pytest.raises(BookError, match="side must be 1"):
-        book.apply(bytes(gram), 3)
-    assert book.top() == (1000, 5, 1100, 7)
+    with pytest.raises(DatagramError, match="bad book update"):
+        decode_datagram(bytes(gram), books, 0, 0)
+    assert books[1, 7].top() == (1000, 5, 1100, 7) and books[1, 7].datagrams == 0

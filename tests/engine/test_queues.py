@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engine import _native
+from engine.messages import ACTORS, KINDS, TIMING, struct_of, timing_word
 from engine.queues import Queue, QueueError, SeqlockVector
 
 WORDS = 30
@@ -135,6 +136,24 @@ def test_publish_takes_bytes_buffers_and_records_and_checks_the_size():
         with pytest.raises(ValueError, match="message is 3 bytes"):
             p.publish(b"abc")
         assert q.head() == 4
+
+
+def test_publish_words_writes_what_the_timing_layout_packs():
+    timing = struct_of(TIMING)
+    with Queue(unique("words"), TIMING.dtype, capacity=8) as q:
+        c, p = q.consumer(), q.producer()
+        word = timing_word("overseer", "order_request")
+        assert p.publish_words(word, 2**64 - 1, 12345, 6) == 0
+        record = np.frombuffer(c.poll_bytes(), TIMING.dtype)[0]
+        assert (record["publisher"], record["kind"]) == (ACTORS["overseer"], KINDS["order_request"])
+        assert bytes(record) == timing.pack(ACTORS["overseer"], KINDS["order_request"], 2**64 - 1, 12345, 6)
+        with pytest.raises(ValueError, match="message is 24 bytes"):
+            p.publish_words(word, 1, 2)
+        with pytest.raises(OverflowError):
+            p.publish_words(word, -1, 2, 3)
+        with pytest.raises(TypeError):
+            p.publish_words(*range(9))
+        assert q.head() == 1 and c.poll_bytes() is None
 
 
 def test_a_shared_producer_counts_a_slot_that_a_later_lap_took():
