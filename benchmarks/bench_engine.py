@@ -98,7 +98,7 @@ def feeder(port, grams, gap_s, start_delay):
     s.close()
 
 
-def run_engine(venue_port, grams, gap_s, timing: bool, workdir: str, tag: str, warm_every: int = 1, spin_us: int = 10,
+def run_engine(venue_port, grams, gap_s, timing: bool, workdir: str, tag: str, warm_every: int = 1, spin_us: int = 20,
                logger: bool = False):
     feed = free_port(socket.SOCK_DGRAM)
     tel = os.path.join(workdir, f"{tag}.tel")

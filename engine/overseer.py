@@ -142,8 +142,11 @@ class Overseer:
         else:
             client_order_id = self.next_id
             self.next_id = client_order_id + 1
-            self._send((origin, tsc(), client_order_id, md_seq, venue, model, instrument, NEW, side, tif, price, qty,
-                        0, decided, kernel_rx))
+            request = (origin, tsc(), client_order_id, md_seq, venue, model, instrument, NEW, side, tif, price, qty,
+                       0, decided, kernel_rx)
+            if self.direct is not None:
+                self.direct(request)                      # single-process mode: the gateway sends it now
+            self._publish(request)
             order = Order(client_order_id, venue, instrument, slot, side, price, qty, tif)   # after the send
             self.orders[client_order_id] = order
             if tif != IOC:
@@ -157,15 +160,16 @@ class Overseer:
         order.state = "cancelling"
         request_id = self.next_id
         self.next_id += 1
-        self._send((ideal[0], tsc(), request_id, ideal[2], order.venue, ideal[3], order.instrument, CANCEL, order.side,
-                    order.time_in_force, order.price, order.qty, order.client_order_id, ideal[10], ideal[11]))
-        return 1
-
-    def _send(self, request: tuple) -> None:
-        """An OrderRequest (its fields, published at request[1]): in single-process mode to the gateway
-        first, which sends it; then to the orders queue and its stamp to the timing queue."""
+        request = (ideal[0], tsc(), request_id, ideal[2], order.venue, ideal[3], order.instrument, CANCEL, order.side,
+                   order.time_in_force, order.price, order.qty, order.client_order_id, ideal[10], ideal[11])
         if self.direct is not None:
             self.direct(request)
+        self._publish(request)
+        return 1
+
+    def _publish(self, request: tuple) -> None:
+        """An OrderRequest (its fields, published at request[1]) to the orders queue, its stamp to the
+        timing queue. In single-process mode the gateway has already sent it (`direct`)."""
         seq = self.requests.publish(REQUEST.pack(*request))
         if self.timing is not None:
             self.timing.publish_words(REQUEST_TIMING, request[0], request[1], seq)

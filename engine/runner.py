@@ -60,7 +60,7 @@ class EngineConfig:
     wait: str = "yield"                                  # processes mode: "spin" or "yield"
     cpus: list[int] | None = None                        # processes mode: pin round robin
     timing: bool = True                                  # publish every stage to the timing queue
-    spin_us: int = 10                                    # single mode: a pass's wait for datagrams, spinning in C
+    spin_us: int = 20                                    # single mode: a pass's wait for datagrams, spinning in C
     warm_every: int = 1                                  # single mode: idle passes between hot-path warm-ups (0: off)
     telemetry: str | None = None
     logger: str | None = None                            # persistence log: a logger process records every queue
@@ -93,7 +93,7 @@ def parse_config(text: str) -> EngineConfig:
         telemetry=engine.get("telemetry"), duration_s=engine.get("duration_s"),
         max_orders=engine.get("max_orders"), mode=engine.get("mode", "single"),
         wait=engine.get("wait", "yield"), cpus=engine.get("cpus"), timing=engine.get("timing", True),
-        logger=engine.get("logger"), spin_us=engine.get("spin_us", 10), warm_every=engine.get("warm_every", 1))
+        logger=engine.get("logger"), spin_us=engine.get("spin_us", 20), warm_every=engine.get("warm_every", 1))
     if config.mode not in ("single", "processes"):
         raise ConfigError(f"engine.mode: {config.mode!r} is not single or processes")
     if config.wait not in ("spin", "yield"):
@@ -346,7 +346,7 @@ class HotPath:
 
 
 class _Discard:
-    """Where the shadows' queue, vector and socket writes go."""
+    """Where the shadows' queue and vector writes go."""
 
     def publish(self, payload) -> int:
         return 0
@@ -357,17 +357,27 @@ class _Discard:
     def write(self, slot, payload) -> None:
         pass
 
-    def send(self, data) -> int:
-        return len(data)
+
+class _Sent(Exception):
+    """Raised by the warm-ups' sockets: a warm-up ends where the bytes would leave."""
+
+
+class _StopAtSend:
+    def send(self, data):
+        raise _Sent
 
 
 class HotPathWarmer:
     """Cache warming, as trading engines do it: between datagrams the idle loop's syscalls evict the
     hot path's code, data and branch history. So after every `engine.warm_every` idle passes the
-    same HotPath code, up to the send, runs on a lopsided synthetic datagram per instrument: through
-    a book of its own, the real models (their data is as cold as the code; their `last` and `writes`
-    are put back after, and decide() is pure), and an Overseer and gateway whose queues and sockets
-    discard. The real books are only read. The real orders, sockets and queues are never touched."""
+    same HotPath code runs on a lopsided synthetic datagram, up to the first send: through a book of
+    its own, the real models (their data is as cold as the code; `last` and `writes` are put back
+    after, and decide() is pure), and an Overseer and gateway of the real types (a shadow of another
+    type would unsettle the interpreter's specialisations on the shared code), whose socket ends the
+    warm-up by raising at the send. So none of the bookkeeping after a send runs, nothing is left to
+    undo, and the idle pass stays short. Turns rotate over each instrument's models, each taking its
+    turn at the head of the line, so that every model's send path is warmed, not only the first's.
+    The real books are only read; the real orders, sockets and queues are never touched."""
 
     def __init__(self, config: EngineConfig, tick_for, models: list, books: Books):
         discard = _Discard()
@@ -377,41 +387,36 @@ class HotPathWarmer:
         self.overseer = Overseer(discard, range(len(models)), discard, timing, config.risk)
         self.overseer.direct = self.gateway.submit
         for session in self.gateway.sessions.values():
-            session.sock = discard
-            self.gateway._prime(session)
+            session.sock = _StopAtSend()
+            session.primed = 0 if config.strategy == "tcp-prefix" else None   # as if a prefix were out
         self.path = HotPath(MarketDataHandler([], Books(tick_for), discard, timing), models, self.overseer,
                             discard, timing)
         self.books = books
-        self.turns = []                   # (instrument's key, its datagram)
-        for venue, instrument in self.path.models_of:
+        self.turns = []                   # (instrument's key, its datagram, the models from one at the head on)
+        for (venue, instrument), line in self.path.models_of.items():
             tick = tick_for(venue, instrument)
-            self.turns.append(((venue, instrument), md.MdDatagram(venue, 0, instrument, 0, (
-                md.L2Update(md.BID, md.SET, 1000 * tick, 900), md.L2Update(md.ASK, md.SET, 1001 * tick, 100))).encode()))
+            payload = md.MdDatagram(venue, 0, instrument, 0, (
+                md.L2Update(md.BID, md.SET, 1000 * tick, 900), md.L2Update(md.ASK, md.SET, 1001 * tick, 100))).encode()
+            self.turns += [((venue, instrument), payload, {(venue, instrument): line[head:]})
+                           for head in range(len(line))]
         self.turn = 0
+        self.sends = 0                    # warm-ups that reached a send
 
     def run(self) -> None:
         self.turn = (self.turn + 1) % len(self.turns)
-        key, payload = self.turns[self.turn]
+        key, payload, models_of = self.turns[self.turn]
         path = self.path
         book = self.books.get(key)                # get: no book is made for an instrument not seen yet
         if book is not None:
             book.top()
-        states = [(model, model.last, model.writes) for model in path.models]
-        path.decide(path.md.decode(payload, 0, tsc()))     # up to the send, not the writes
+        path.models_of = models_of
+        states = [(model, model.last, model.writes) for model in models_of[key]]
+        try:
+            path.decide(path.md.decode(payload, 0, tsc()))
+        except _Sent:
+            self.sends += 1
         for model, last, writes in states:
             model.last, model.writes = last, writes
-        # The shadows' orders never settle: forget them, so that nothing grows and no limit trips.
-        overseer = self.overseer
-        overseer.orders.clear()
-        overseer.working.clear()
-        for account in overseer.accounts.values():
-            account.open_orders = 0
-        for session in self.gateway.sessions.values():
-            session.to_overseer.clear()
-            session.wire_of.clear()
-            session.prefix_end.clear()
-        self.gateway.telemetry.rows.clear()
-        self.gateway.telemetry.pending.clear()
 
 
 def config_record(config: EngineConfig) -> dict:
