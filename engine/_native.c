@@ -11,9 +11,9 @@
  *    Consumer subclass them. RingReader.wait_bytes spins in C for the next message.
  *  - SeqlockVector write and read (retrying until a whole value is copied), one call each.
  *  - The latency floor probe: store_tsc, spin_until_changed, spin_ticks.
- *  - recv_batch: every datagram waiting on a UDP socket, with its kernel RX stamp, in one
- *    recvmmsg call (Linux); socket.recvmsg plus parsing its ancillary data in Python costs
- *    more per datagram than the whole market-data update.
+ *  - recv_spin: polls the feeds until one has datagrams, then every datagram waiting on it, with
+ *    its kernel RX stamp, in one recvmmsg call (Linux); socket.recvmsg plus parsing its
+ *    ancillary data in Python costs more per datagram than the whole market-data update.
  *
  * Slot layout: [u64 version][payload]. For message number s in a ring of N slots,
  * lap = s / N; a writer moves the version to 2*lap+1 while writing and to 2*lap+2 when
@@ -228,12 +228,12 @@ static PyObject *py_spin_ticks(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 #if defined(__linux__)
-/* -- recv_batch: datagrams with kernel RX stamps (SO_TIMESTAMPING), one syscall per batch -- */
+/* -- recv_spin: datagrams with kernel RX stamps (SO_TIMESTAMPING), one syscall per batch -- */
 
 #define RECV_BATCH_MAX 64
 #define RECV_DATAGRAM_MAX 65536
 /* One buffer per batch slot, allocated on first use, used while holding the GIL. Making the
- * result's objects can run Python code (a collection's finalizers) that calls recv_batch again:
+ * result's objects can run Python code (a collection's finalizers) that calls recv_spin again:
  * recv_busy refuses that instead of overwriting payloads not yet copied. */
 static char *recv_buffers;
 static int recv_busy;
@@ -295,13 +295,13 @@ static PyObject *batch_list(int got, struct mmsghdr *msgs, struct iovec *iov) {
     return out;
 }
 
-static int batch_ready(long want, const char *name) {
+static int batch_ready(long want) {
     if (want < 1 || want > RECV_BATCH_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s: need 1 <= max_count <= %d", name, RECV_BATCH_MAX);
+        PyErr_Format(PyExc_ValueError, "recv_spin: need 1 <= max_count <= %d", RECV_BATCH_MAX);
         return 0;
     }
     if (recv_busy) {
-        PyErr_Format(PyExc_RuntimeError, "%s: called again while making its result", name);
+        PyErr_SetString(PyExc_RuntimeError, "recv_spin: called again while making its result");
         return 0;
     }
     if (recv_buffers == NULL && (recv_buffers = PyMem_RawMalloc((size_t)RECV_BATCH_MAX * RECV_DATAGRAM_MAX)) == NULL) {
@@ -311,27 +311,10 @@ static int batch_ready(long want, const char *name) {
     return 1;
 }
 
-/* recv_batch(fd, max_count) -> [(payload, kernel RX ns)]: up to max_count datagrams waiting on
- * a non-blocking socket, [] if none; the stamp is 0 when the kernel gave none. Other errors raise OSError. */
-static PyObject *py_recv_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (!check_nargs(nargs, 2, "recv_batch")) return NULL;
-    long fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred()) return NULL;
-    long want = PyLong_AsLong(args[1]);
-    if (want == -1 && PyErr_Occurred()) return NULL;
-    if (fd < 0 || fd > INT_MAX) return PyErr_Format(PyExc_ValueError, "recv_batch: bad fd %ld", fd);
-    if (!batch_ready(want, "recv_batch")) return NULL;
-    struct mmsghdr msgs[RECV_BATCH_MAX];
-    struct iovec iov[RECV_BATCH_MAX];
-    stamp_control control[RECV_BATCH_MAX];
-    int got = recv_into((int)fd, want, msgs, iov, control);
-    if (got < 0) return NULL;
-    return batch_list(got, msgs, iov);
-}
-
 #define SPIN_FDS_MAX 64
 /* recv_spin(fds, max_count, spin_ticks) -> (index into fds, [(payload, kernel RX ns)]), or None
- * when nothing came for spin_ticks TSC ticks. recvmmsg on each fd in turn, in C: a Python loop
+ * when nothing came for spin_ticks TSC ticks (0: one look at each fd). The stamp is 0 when the
+ * kernel gave none; errors other than "nothing waiting" raise OSError. recvmmsg on each fd in turn, in C: a Python loop
  * between the polls adds microseconds to the datagram's wait and evicts the hot path's caches. */
 static PyObject *py_recv_spin(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!check_nargs(nargs, 3, "recv_spin")) return NULL;
@@ -356,7 +339,7 @@ static PyObject *py_recv_spin(PyObject *self, PyObject *const *args, Py_ssize_t 
     long want = PyLong_AsLong(args[1]);
     if (want == -1 && PyErr_Occurred()) return NULL;
     uint64_t ticks;
-    if (!u64_arg(args[2], &ticks) || !batch_ready(want, "recv_spin")) return NULL;
+    if (!u64_arg(args[2], &ticks) || !batch_ready(want)) return NULL;
     struct mmsghdr msgs[RECV_BATCH_MAX];
     struct iovec iov[RECV_BATCH_MAX];
     stamp_control control[RECV_BATCH_MAX];
@@ -629,8 +612,6 @@ static PyMethodDef methods[] = {
     {"spin_ticks", (PyCFunction)(void (*)(void))py_spin_ticks, METH_FASTCALL,
      "spin_ticks(ticks): busy-wait, without the GIL, until the TSC has advanced by ticks"},
 #if defined(__linux__)
-    {"recv_batch", (PyCFunction)(void (*)(void))py_recv_batch, METH_FASTCALL,
-     "recv_batch(fd, max_count) -> [(payload, kernel RX ns or 0)]: waiting datagrams, one recvmmsg call"},
     {"recv_spin", (PyCFunction)(void (*)(void))py_recv_spin, METH_FASTCALL,
      "recv_spin(fds, max_count, spin_ticks) -> (fd index, [(payload, kernel RX ns or 0)]) or None: "
      "recvmmsg on each fd in turn until one has datagrams or spin_ticks have passed"},
