@@ -1,6 +1,6 @@
 """The engine on loopback against a naive single-function Python baseline, in one run.
 
-    python benchmarks/bench_engine.py --json [--messages N] [--rate MSGS_PER_S]
+    python benchmarks/bench_engine.py --json [--messages N] [--rate MSGS_PER_S] [--rounds N]
 
 A UDP feeder process sends lopsided top-of-book datagrams (every one triggers an
 IOC order from the imbalance taker); a venue process acks and fills every order.
@@ -12,6 +12,11 @@ RX of the datagram -> kernel TX of the order) and internal (app_in -> app_out).
 - baseline: one Python function: recv, decode the seq, encode an order, send.
 - md_msgs_per_s: balanced datagrams (no orders), sent as fast as one feeder can, with the
   logger process recording every queue (logger_missed: messages it was sped past on).
+
+This VM is shared, and a single run's p99 can jump (one run in 13 doubled it), so
+`--rounds N` repeats the whole benchmark and reports each figure's median across the
+rounds, with every round's own results under "rounds". "targets_met" judges the
+issue's targets against the reported figures.
 """
 from __future__ import annotations
 
@@ -214,28 +219,22 @@ def run_baseline(venue_port, grams, gap_s):
     return result
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=5000, help="triggering datagrams per latency run")
-    ap.add_argument("--rate", type=float, default=2000.0, help="datagrams per second in latency runs")
-    ap.add_argument("--throughput-messages", type=int, default=200_000)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    port, ready = CTX.Value("i", 0), CTX.Event()
-    venue_proc = CTX.Process(target=venue, args=(port, ready), daemon=True)
-    venue_proc.start()
-    ready.wait()
+TARGETS = {"wire_to_wire_p50_ns": 10_000, "wire_to_wire_p99_ns": 30_000, "internal_p50_ns": 3_000,
+           "telemetry_overhead": 0.10, "md_msgs_per_s": 300_000}
+
+
+def one_round(venue_port, args) -> dict:
     gap = 1.0 / args.rate
     lopsided = [datagram(seq, 900, 100) for seq in range(1, args.messages + 1)]
     balanced = [datagram(seq, 500, 500) for seq in range(1, args.throughput_messages + 1)]
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
-        summary, tel = run_engine(port.value, lopsided, gap, True, workdir, "engine")
+        _summary, tel = run_engine(venue_port, lopsided, gap, True, workdir, "engine")
         results["engine"] = latency_report(tel)
-        summary_nt, tel_nt = run_engine(port.value, lopsided, gap, False, workdir, "no-timing")
+        _summary, tel_nt = run_engine(venue_port, lopsided, gap, False, workdir, "no-timing")
         results["engine_no_timing"] = latency_report(tel_nt)
-        results["baseline"] = run_baseline(port.value, lopsided, gap)
-        t_summary, _ = run_engine(port.value, balanced, 0.0, True, workdir, "throughput", logger=True)
+        results["baseline"] = run_baseline(venue_port, lopsided, gap)
+        t_summary, _ = run_engine(venue_port, balanced, 0.0, True, workdir, "throughput", logger=True)
     span = t_summary.get("md_span_ns") or 0
     results["engine"]["md_msgs_per_s"] = round(t_summary["md_handled"] / (span / 1e9)) if span else None
     results["engine"]["md_handled"] = t_summary["md_handled"]
@@ -243,9 +242,57 @@ def main(argv=None) -> int:
     results["engine"]["logger_missed"] = sum(t_summary["logger"]["missed"].values())   # sped past in shared memory
     on, off = results["engine"]["internal_ns"]["p50"], results["engine_no_timing"]["internal_ns"]["p50"]
     results["telemetry_overhead"] = round(on / off - 1, 3) if off else None
-    results["targets"] = {"wire_to_wire_p50_ns": 10_000, "wire_to_wire_p99_ns": 30_000, "internal_p50_ns": 3_000,
-                          "telemetry_overhead": 0.10, "md_msgs_per_s": 300_000}
+    return results
+
+
+def median_of(rounds: list):
+    """Every number in the rounds' results replaced by its median across the rounds."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {key: median_of([r[key] for r in rounds]) for key in first}
+    if any(value is None for value in rounds):
+        return None
+    middle = float(np.median(rounds))
+    return round(middle) if all(isinstance(value, int) for value in rounds) else round(middle, 3)
+
+
+def targets_met(results: dict) -> dict:
+    engine = results["engine"]
+    return {"wire_to_wire_p50_ns": engine["wire_to_wire_ns"]["p50"] <= TARGETS["wire_to_wire_p50_ns"],
+            "wire_to_wire_p99_ns": engine["wire_to_wire_ns"]["p99"] <= TARGETS["wire_to_wire_p99_ns"],
+            "internal_p50_ns": engine["internal_ns"]["p50"] <= TARGETS["internal_p50_ns"],
+            "telemetry_overhead": (results["telemetry_overhead"] or 0) <= TARGETS["telemetry_overhead"],
+            "md_msgs_per_s": (engine["md_msgs_per_s"] or 0) >= TARGETS["md_msgs_per_s"]
+                             and engine["logger_missed"] == 0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=5000, help="triggering datagrams per latency run")
+    ap.add_argument("--rate", type=float, default=2000.0, help="datagrams per second in latency runs")
+    ap.add_argument("--throughput-messages", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the whole benchmark; every figure is then the median across rounds")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    for flag in ("messages", "rate", "throughput_messages", "rounds"):
+        if getattr(args, flag) <= 0:
+            ap.error(f"--{flag.replace('_', '-')} must be > 0")
+    port, ready = CTX.Value("i", 0), CTX.Event()
+    venue_proc = CTX.Process(target=venue, args=(port, ready), daemon=True)
+    venue_proc.start()
+    ready.wait()
+    rounds = []
+    for i in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {i + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        rounds.append(one_round(port.value, args))
     venue_proc.kill()
+    results = median_of(rounds)
+    results["targets"] = TARGETS
+    results["targets_met"] = targets_met(results)
+    if args.rounds > 1:
+        results["rounds"] = rounds
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -254,6 +301,7 @@ def main(argv=None) -> int:
             print(f"{key:17s} wire-to-wire p50 {r['wire_to_wire_ns']['p50'] / 1e3:7.1f} us  "
                   f"p99 {r['wire_to_wire_ns']['p99'] / 1e3:7.1f} us  internal p50 {r['internal_ns']['p50'] / 1e3:6.1f} us")
         print(f"md msgs/s {results['engine']['md_msgs_per_s']}  telemetry overhead {results['telemetry_overhead']}")
+        print("targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in results["targets_met"].items()))
     return 0
 
 
