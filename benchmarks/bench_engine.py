@@ -20,8 +20,8 @@ issue's targets against the reported figures.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import socket
@@ -38,6 +38,7 @@ from engine.net import recv_stamped, tcp_connect, tx_stamps, udp_receiver
 from engine.protocol import md
 from engine.protocol import orders as wire
 from engine.telemetry import read_telemetry, stage_ns
+from lab.cli import OneLineParser
 
 CTX = mp.get_context("fork")
 NEW_ORDER = struct.Struct("<HBBIQQIBB2xqq")
@@ -267,7 +268,7 @@ def targets_met(results: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=5000, help="triggering datagrams per latency run")
     ap.add_argument("--rate", type=float, default=2000.0, help="datagrams per second in latency runs")
     ap.add_argument("--throughput-messages", type=int, default=200_000)
@@ -276,8 +277,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     for flag in ("messages", "rate", "throughput_messages", "rounds"):
-        if getattr(args, flag) <= 0:
-            ap.error(f"--{flag.replace('_', '-')} must be > 0")
+        if not 0 < getattr(args, flag) < math.inf:
+            ap.error(f"--{flag.replace('_', '-')} must be a finite number > 0")
     port, ready = CTX.Value("i", 0), CTX.Event()
     venue_proc = CTX.Process(target=venue, args=(port, ready), daemon=True)
     venue_proc.start()
