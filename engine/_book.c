@@ -13,8 +13,8 @@
  *
  * decode(payload, books, kernel_rx_ns, app_in) is MarketDataHandler's whole datagram in
  * one call: it checks the header (engine.protocol.md HEADER) and every length, applies the
- * update entries to the book of (venue, instrument), counts gaps in the feed's sequence on
- * that book, and returns the MarketUpdate's fields. A datagram it cannot use raises
+ * update entries to the book of (venue, instrument), counts gaps, duplicates and regressions in
+ * the feed's sequence on that book, and returns the MarketUpdate's fields. A datagram it cannot use raises
  * DatagramError(reason).
  *
  * Prices are int64. Price arithmetic that can leave int64 (placing a window) is done
@@ -58,8 +58,10 @@ typedef struct {
     int64_t best[3];           /* ladder index of the best bid / ask, -1 when empty */
     long long crossed_fixes;
     unsigned long long datagrams;   /* decoded into this book */
-    unsigned long long last_seq;    /* of the last one */
+    unsigned long long last_seq;    /* the highest so far */
     unsigned long long gaps;        /* datagrams missing from the feed's sequence */
+    unsigned long long duplicates;  /* datagrams with the last one's seq again */
+    unsigned long long regressions; /* datagrams with a seq below the last one's */
 } L2Book;
 
 /* Python's a // b for b > 0 (C's / truncates toward zero). */
@@ -378,8 +380,11 @@ static PyMemberDef book_members[] = {
     {"window", T_LONGLONG, offsetof(L2Book, window), READONLY, "levels per ladder"},
     {"crossed_fixes", T_LONGLONG, offsetof(L2Book, crossed_fixes), READONLY, "times the crossed-book guard fired"},
     {"datagrams", T_ULONGLONG, offsetof(L2Book, datagrams), READONLY, "datagrams decode() applied to this book"},
-    {"last_seq", T_ULONGLONG, offsetof(L2Book, last_seq), READONLY, "feed sequence number of the last of them"},
+    {"last_seq", T_ULONGLONG, offsetof(L2Book, last_seq), READONLY, "the highest feed sequence number of them"},
     {"gaps", T_ULONGLONG, offsetof(L2Book, gaps), READONLY, "datagrams missing from the feed's sequence"},
+    {"duplicates", T_ULONGLONG, offsetof(L2Book, duplicates), READONLY, "datagrams with the last one's seq again"},
+    {"regressions", T_ULONGLONG, offsetof(L2Book, regressions), READONLY,
+     "datagrams with a seq below the last one's (late, or the feed restarted)"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -439,6 +444,20 @@ static PyObject *tuple_of_int64(const int64_t *fields, int count, int first_unsi
     return out;
 }
 
+/* Follows the feed's sequence: last_seq only moves forward, so a duplicate or a late datagram
+ * is counted once and never reopens a gap. No arithmetic here can wrap, whatever seq holds. */
+static void count_sequence(L2Book *b, uint64_t seq) {
+    if (!b->datagrams || seq > b->last_seq) {
+        if (b->datagrams) b->gaps += seq - b->last_seq - 1;
+        b->last_seq = seq;
+    } else if (seq == b->last_seq) {
+        b->duplicates++;
+    } else {
+        b->regressions++;
+    }
+    b->datagrams++;
+}
+
 /* decode(payload, books, kernel_rx_ns, app_in) -> the MarketUpdate fields (engine.messages) */
 static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) return PyErr_Format(PyExc_TypeError, "decode takes 4 arguments (%zd given)", nargs);
@@ -479,9 +498,7 @@ static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t n
         trade_price = LOAD(int64_t, trade + TRADE_PRICE_AT);
         trade_qty = LOAD(int64_t, trade + TRADE_QTY_AT);
     }
-    if (b->datagrams && seq > b->last_seq + 1) b->gaps += seq - b->last_seq - 1;
-    b->last_seq = seq;
-    b->datagrams++;
+    count_sequence(b, seq);
     int64_t bid = b->best[BID], ask = b->best[ASK];
     int64_t fields[13] = {
         (int64_t)app_in, (int64_t)tsc_now(), kernel_rx_ns, (int64_t)seq, LOAD(int64_t, p + SEND_TS_AT), venue,

@@ -24,12 +24,18 @@ BID, ASK = 1, 2                 # as on the wire (engine.protocol.md)
 
 
 class Books(dict):
-    """All books of the engine, by (venue, instrument); a book is made on first use."""
+    """The engine's books, by (venue, instrument): one for each instrument the config names,
+    made on first use. A datagram for any other (venue, instrument) is dropped as
+    "unknown instrument": an id the config does not name must cost no memory (a book is
+    about 140 KB, and random ids at 50k datagrams/s once grew the engine by 1.4 GB in 4 s)."""
 
-    def __init__(self, tick_for=lambda venue, instrument: 1):
+    def __init__(self, known, tick_for=lambda venue, instrument: 1):
         super().__init__()
+        self.known = frozenset(known)
         self._tick_for = tick_for
 
     def __missing__(self, key: tuple[int, int]) -> L2Book:
+        if key not in self.known:
+            raise DatagramError("unknown instrument")
         book = self[key] = L2Book(self._tick_for(*key))
         return book

@@ -2,8 +2,8 @@
 
 Each datagram is read with its kernel RX stamp and stamped again (TSC) as it
 enters the application: that TSC is the origin copied onto everything the
-datagram causes. Malformed, short or unknown datagrams are counted by reason
-and dropped; they never stop the engine.
+datagram causes. Malformed, short or unknown datagrams, and those for an instrument the
+config does not name, are counted by reason and dropped; they never stop the engine.
 """
 from __future__ import annotations
 
@@ -32,10 +32,12 @@ class MarketDataHandler:
         """Datagrams decoded into a book."""
         return sum(book.datagrams for book in self.books.values())
 
-    @property
-    def gaps(self) -> int:
-        """Datagrams missing from the feeds' sequences (each book follows its feed's)."""
-        return sum(book.gaps for book in self.books.values())
+    def sequence_counts(self) -> dict[str, int]:
+        """The feeds' sequences, each book following its feed's: datagrams missing (gaps), the
+        last seq again (duplicates), and below the last (regressions: late, or a restarted feed)."""
+        books = self.books.values()
+        return {"md_gaps": sum(b.gaps for b in books), "md_duplicates": sum(b.duplicates for b in books),
+                "md_regressions": sum(b.regressions for b in books)}
 
     def poll(self) -> int:
         """Read at most one datagram per feed. Returns how many were handled."""

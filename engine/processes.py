@@ -106,7 +106,7 @@ def _steps(engine, role: str, timing):
 
 def _part(engine, role: str) -> dict:
     if role == "md_handler":
-        return {"md_handled": engine.md.handled, "md_dropped": dict(engine.md.dropped), "md_gaps": engine.md.gaps}
+        return {"md_handled": engine.md.handled, "md_dropped": dict(engine.md.dropped), **engine.md.sequence_counts()}
     if role == "overseer":
         o = engine.overseer
         return {"refused": dict(o.refused),

@@ -72,6 +72,10 @@ class EngineConfig:
     risk: RiskLimits = field(default_factory=RiskLimits)
     queue_capacity: int = 1 << 14
 
+    def instruments(self) -> set[tuple[int, int]]:
+        """(venue, instrument) of every instrument the config names, in [[instruments]] or a model."""
+        return set(self.ticks) | {(m["venue"], m["instrument"]) for m in self.models}
+
 
 def _address(value, key) -> tuple[str, int]:
     if not isinstance(value, str) or ":" not in value:
@@ -147,7 +151,7 @@ class Engine:
 
         def tick_for(venue, instrument):
             return config.ticks.get((venue, instrument), 10**6)
-        self.books = Books(tick_for)
+        self.books = Books(config.instruments(), tick_for)
         self.feeds = [udp_receiver(*v.feed) for v in config.venues]
         self.md = MarketDataHandler(self.feeds, self.books, md_q.producer(), timing)
         self.md_updates = md_q.consumer()
@@ -283,7 +287,7 @@ class Engine:
     def summary(self) -> dict:
         span_ns = (self.calibration.to_ns(self.md.last_app_in) - self.calibration.to_ns(self.md.first_app_in)
                    if self.calibration and self.md.handled > 1 else 0)
-        return {"md_handled": self.md.handled, "md_dropped": dict(self.md.dropped), "md_gaps": self.md.gaps,
+        return {"md_handled": self.md.handled, "md_dropped": dict(self.md.dropped), **self.md.sequence_counts(),
                 "md_span_ns": span_ns,
                 "orders": self.gateway.counts["orders"], "gateway": dict(self.gateway.counts),
                 "refused": dict(self.overseer.refused), "venue_failed": self.gateway.failed,
@@ -389,8 +393,8 @@ class HotPathWarmer:
         for session in self.gateway.sessions.values():
             session.sock = _StopAtSend()
             session.primed = 0 if config.strategy == "tcp-prefix" else None   # as if a prefix were out
-        self.path = HotPath(MarketDataHandler([], Books(tick_for), discard, timing), models, self.overseer,
-                            discard, timing)
+        self.path = HotPath(MarketDataHandler([], Books(config.instruments(), tick_for), discard, timing), models,
+                            self.overseer, discard, timing)
         self.books = books
         self.turns = []                   # (instrument's key, its datagram, the models from one at the head on)
         for (venue, instrument), line in self.path.models_of.items():

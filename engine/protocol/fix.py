@@ -549,6 +549,8 @@ def fix_tag_values(stream, offsets, lengths, tag: int) -> np.ndarray:
     data = as_bytes_array(stream)
     offsets, lengths = np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
     values = np.full(offsets.size, -1, np.int64)
+    if offsets.size == 0:
+        return values
     pattern = np.frombuffer(SOH + f"{tag}=".encode(), np.uint8)
     hits = np.flatnonzero(data[:max(data.size - pattern.size + 1, 0)] == pattern[0])
     for i in range(1, pattern.size):

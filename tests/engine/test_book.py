@@ -84,7 +84,7 @@ def _datagram(seq, updates, trades=(), venue=1, instrument=7):
 def test_decode_matches_set_level_per_entry_and_counts_the_feed_gaps(seed):
     rng = np.random.default_rng(seed)
     tick = 500_000
-    books, per_entry, ref = Books(lambda venue, instrument: tick), L2Book(tick), DictBook()
+    books, per_entry, ref = Books({(1, 7)}, lambda venue, instrument: tick), L2Book(tick), DictBook()
     mid = 100_000 * tick
     seq, expected_gaps = 0, 0
     for n in range(3_000):
@@ -117,7 +117,7 @@ def test_decode_matches_set_level_per_entry_and_counts_the_feed_gaps(seed):
 
 
 def test_decode_drops_what_it_cannot_use_with_its_reason():
-    books = Books(lambda venue, instrument: 100)
+    books = Books({(1, 7)}, lambda venue, instrument: 100)
     gram = _datagram(1, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7)])
     wrong_count = bytearray(gram)
     wrong_count[md.HEADER.offset("n_updates")] = 3     # the header claims an entry that is not there
@@ -139,9 +139,46 @@ def test_decode_drops_what_it_cannot_use_with_its_reason():
 
 
 def test_a_bad_update_drops_the_datagram_and_keeps_earlier_entries():
-    books = Books(lambda venue, instrument: 100)
+    books = Books({(1, 7)}, lambda venue, instrument: 100)
     gram = bytearray(_datagram(1, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7), (BID, md.SET, 900, 2)]))
     gram[md.HEADER_SIZE + 2 * md.UPDATE_SIZE] = 3      # the third entry's side
     with pytest.raises(DatagramError, match="bad book update"):
         decode_datagram(bytes(gram), books, 0, 0)
     assert books[1, 7].top() == (1000, 5, 1100, 7) and books[1, 7].datagrams == 0
+
+
+def test_an_instrument_the_config_does_not_name_is_dropped_and_makes_no_book():
+    """Random venue and instrument ids must not grow the engine (issue 16, found 2)."""
+    from collections import Counter
+
+    from engine.md_handler import MarketDataHandler
+    rng = np.random.default_rng(9)
+    handler = MarketDataHandler([], Books({(1, 7)}, lambda venue, instrument: 100), updates=None)
+    ids = [(int(v), int(i)) for v, i in zip(rng.integers(0, 1 << 16, 5_000), rng.integers(0, 1 << 32, 5_000))]
+    unknown = sum((v, i) != (1, 7) for v, i in ids)
+    for seq, (venue, instrument) in enumerate(ids, 1):
+        handler.decode(_datagram(seq, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7)], venue=venue,
+                                 instrument=instrument), 0, 0)
+    assert handler.dropped == Counter({"unknown instrument": unknown}) and unknown > 4_990
+    assert set(handler.books) <= {(1, 7)}
+    assert handler.decode(_datagram(1, [(BID, md.SET, 1000, 5), (ASK, md.SET, 1100, 7)]), 0, 0)[7:11] == \
+        (1000, 5, 1100, 7)
+
+
+@pytest.mark.parametrize("seqs, gaps, duplicates, regressions", [
+    ([1, 2, 3, 2**64 - 1, 5, 2**64 - 1, 2**64 - 1], 2**64 - 1 - 3 - 1, 2, 1),   # a jump to the top
+    ([10, 11, 3, 4, 12, 12, 14], 1, 1, 2),                                       # backwards, then on
+    ([2**64 - 1, 0, 1], 0, 0, 2),                                                # the top first
+    ([5, 5, 5, 6, 9], 2, 2, 0),
+])
+def test_the_feed_sequence_counts_gaps_duplicates_and_regressions_without_wrapping(seqs, gaps, duplicates,
+                                                                                   regressions):
+    """md_gaps once read 18444826053554261430 after a seq jumped to 2**64-1 (issue 16, found 3).
+    The expectations are counted by hand: a gap is a seq above the highest so far + 1."""
+    books = Books({(1, 7)}, lambda venue, instrument: 100)
+    for seq in seqs:
+        gram = md.MdDatagram(1, seq, 7, 0, (md.L2Update(BID, md.SET, 1000, 5), md.L2Update(ASK, md.SET, 1100, 7)))
+        decode_datagram(gram.encode(), books, 0, 0)
+    book = books[1, 7]
+    assert (book.gaps, book.duplicates, book.regressions) == (gaps, duplicates, regressions)
+    assert book.datagrams == len(seqs) and book.last_seq == max(seqs)

@@ -210,3 +210,19 @@ def test_garbage_payloads_and_odd_stamps_are_reported_not_fatal(lab_main, tmp_pa
     assert doc["md_messages"] == 2 and doc["orders"] == 0 and doc["non_monotonic"] == 1
     assert doc["tcp"]["framing_errors"][0]["offset"] < 8          # the junk order's header
     assert doc["undecoded"] == {"truncated header": 1}
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_fix_capture_of_one_trigger_measures_in_either_format(tmp_path, lab_main, fmt):
+    """A FIX capture written as pcap crashed in fix_tag_values (issue 16, found 1): the reply
+    flow holds a `38=` but no NewOrderSingle. Both formats give the truth's latency."""
+    synthesis = synthesize(SynthConfig(triggers=1, order_format="fix"))
+    out, truth = tmp_path / f"one.{fmt}", tmp_path / "truth.csv"
+    write_capture(synthesis, str(out), fmt, "hardware")
+    write_truth(synthesis, str(truth))
+    result = lab_main("measure", "--pcap", out, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected = pd.read_csv(truth)["tick_to_trade_ns"].tolist()
+    assert report["matched"] == 1 and report["unmatched_orders"] == 0
+    assert report["tick_to_trade_ns"]["min"] == expected[0]

@@ -11,6 +11,7 @@ from engine.protocol.fix import (
     NEW_ORDER_SINGLE_SIZE,
     NEW_ORDER_SINGLE_TRIGGER_SEQ_OFFSET,
     ORDER_CANCEL_REQUEST_SIZE,
+    ORDER_QTY_TAG,
     TRIGGER_SEQ_TAG,
     ExecutionReport,
     NewOrderSingle,
@@ -241,3 +242,13 @@ def test_batch_encoding_equals_one_at_a_time():
         fix.encode_fix_batch(b"D", 5, **{**columns, "price": np.full(5, -1)})
     with pytest.raises(TypeError):
         fix.encode_fix_batch(b"D", 5, **{k: v for k, v in columns.items() if k != "qty"})
+
+
+def test_tag_values_of_no_messages_in_a_stream_that_holds_the_tag():
+    """A flow with a `38=` but no framed NewOrderSingle (a cut order, a report) has no values,
+    and no IndexError (issue 16, found 1)."""
+    rng = np.random.default_rng(5)
+    report = random_report(rng).encode()
+    assert b"\x0138=" in report
+    for stream in (report, report[:-20], random_new_order(rng).encode()[:-1]):
+        assert fix_tag_values(stream, [], [], ORDER_QTY_TAG).tolist() == []
