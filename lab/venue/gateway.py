@@ -23,12 +23,15 @@ the gateway's rules then use its own clock at the read.
 - Fills of resting orders caused by the venue's feed (`matching.on_feed`, by
   whoever calls it) are sent to the connection: the gateway is the matching
   engine's `listener`.
+- Replies never wait for the client: what the kernel does not take waits in the
+  connection's output buffer, flushed when the socket is writable. A client whose
+  buffer grows past `max_output_bytes` (it does not read) is disconnected
+  (`slow_consumer_disconnects`).
 - On disconnect every resting order is cancelled (cancel on disconnect).
 """
 from __future__ import annotations
 
 import errno
-import select
 import selectors
 import socket
 import time
@@ -48,7 +51,7 @@ from lab.venue.matching import Event, MatchingEngine, VenueError
 PROTOCOLS = ("binary", "fix")
 PARTIAL_RULES = ("timeout", "penalise")
 RECV_BYTES = 1 << 16
-SEND_WAIT_S = 1.0                   # longest wait for room in the send buffer per attempt
+MAX_OUTPUT_BYTES = 4 << 20          # replies waiting for a client that does not read, before it is dropped
 CLIENT_TYPES = (wire.NEW_ORDER_TYPE, wire.CANCEL_TYPE)
 FIX_START = b"8=FIX.4.2" + fix.SOH + b"9="
 FIX_LENGTH_DIGITS = 3
@@ -108,6 +111,7 @@ class _Connection:
     first_rx_ns: int = 0              # kernel stamp of the read that brought inbox[0] (0: none)
     first_seen_ns: int = 0            # the same, or the gateway's clock at that read
     segments: int = 0                 # reads that brought the message at the head of inbox
+    outbox: bytearray = field(default_factory=bytearray)   # replies the kernel has not taken yet
     fix_seq: int = 1                  # next MsgSeqNum we send
     fix_ids: tuple[str, str] = ("VENUE001", "WIRELAB1")   # our CompID, theirs
 
@@ -115,15 +119,21 @@ class _Connection:
 class OrderGateway:
     def __init__(self, venue: int, matching: MatchingEngine, protocol: str = "binary", host: str = "127.0.0.1",
                  port: int = 0, partial_timeout_ns: int = 1_000_000_000, partial_rule: str = "penalise",
-                 partial_penalty_ns: int = 0, keep_reads: bool = False):
-        """keep_reads: keep every read's bytes (`reads`), for a capture rebuilt from the sockets' stamps."""
+                 partial_penalty_ns: int = 0, keep_reads: bool = False, max_output_bytes: int = MAX_OUTPUT_BYTES):
+        """keep_reads: keep every read's bytes (`reads`), for a capture rebuilt from the sockets' stamps.
+
+        max_output_bytes: the most replies a connection may leave unread before it is disconnected.
+        """
         if protocol not in PROTOCOLS:
             raise VenueError(f"order entry protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if partial_rule not in PARTIAL_RULES:
             raise VenueError(f"partial-message rule must be one of {PARTIAL_RULES}, got {partial_rule!r}")
+        if max_output_bytes < 1:
+            raise VenueError(f"max_output_bytes must be at least 1, got {max_output_bytes}")
         self.venue, self.matching, self.protocol = venue, matching, protocol
         self.partial_timeout_ns, self.partial_rule = partial_timeout_ns, partial_rule
         self.partial_penalty_ns = partial_penalty_ns
+        self.max_output_bytes = max_output_bytes
         self.counts: Counter[str] = Counter()
         self._rows: list[tuple] = []
         self.reads: list[Read] | None = [] if keep_reads else None
@@ -151,11 +161,15 @@ class OrderGateway:
     def poll(self, timeout_s: float) -> int:
         """Wait up to timeout_s for the engine; handle what arrived. Returns messages handled."""
         handled = 0
-        for key, _ in self._selector.select(timeout_s):
+        for key, mask in self._selector.select(timeout_s):
+            conn = self._conn
             if key.fileobj is self._server:
                 self._accept()
-            elif self._conn is not None and key.fileobj is self._conn.sock:
-                handled += self._read(self._conn)
+            elif conn is not None and key.fileobj is conn.sock:
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(conn)
+                if mask & selectors.EVENT_READ and self._conn is conn:
+                    handled += self._read(conn)
         self._check_partial(time.time_ns())
         return handled
 
@@ -164,10 +178,16 @@ class OrderGateway:
         return np.array(self._rows, RECORD_DTYPE)
 
     def stats(self) -> dict[str, int]:
-        """Counters of connections, messages (voids among them), malformed input, partial rules, bytes."""
+        """Counters of connections, messages (voids among them), malformed input, partial rules, slow consumers,
+        bytes."""
         keys = ("connections", "disconnects", "refused", "messages", "voids", "malformed", "partial_timeouts",
-                "partial_penalised", "bytes", "unstamped_reads")
+                "partial_penalised", "bytes", "unstamped_reads", "slow_consumer_disconnects")
         return {key: self.counts[key] for key in keys}
+
+    @property
+    def pending_output_bytes(self) -> int:
+        """Reply bytes waiting for the connected client to make room (0: none, or no client)."""
+        return len(self._conn.outbox) if self._conn is not None else 0
 
     def close(self) -> None:
         if self._conn is not None:
@@ -202,6 +222,11 @@ class OrderGateway:
         self.counts["connections"] += 1
 
     def _disconnect(self, conn: _Connection) -> None:
+        if conn.outbox:
+            try:
+                conn.sock.send(conn.outbox)        # once, best effort: the rest is dropped
+            except OSError:
+                pass
         self._selector.unregister(conn.sock)
         conn.sock.close()
         self._conn = None
@@ -350,16 +375,26 @@ class OrderGateway:
             self._send(self._conn, events)
 
     def _send(self, conn: _Connection, events: list[Event]) -> None:
+        """Queue the replies and send what the kernel takes now; never waits."""
         encode = _binary_reply if self.protocol == "binary" else self._fix_reply
-        data = memoryview(b"".join(encode(conn, event) for event in events))
-        while data:
-            try:
-                data = data[conn.sock.send(data):]
-            except BlockingIOError:
-                select.select([], [conn.sock], [], SEND_WAIT_S)
-            except OSError:
-                self._disconnect(conn)
-                return
+        conn.outbox += b"".join(encode(conn, event) for event in events)
+        self._flush(conn)
+        if self._conn is conn and len(conn.outbox) > self.max_output_bytes:
+            self.counts["slow_consumer_disconnects"] += 1
+            self._disconnect(conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        """One non-blocking send of the output buffer; watch for writability while bytes remain."""
+        try:
+            del conn.outbox[:conn.sock.send(conn.outbox)]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._disconnect(conn)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbox else 0)
+        if self._selector.get_key(conn.sock).events != events:
+            self._selector.modify(conn.sock, events)
 
     def _fix_reply(self, conn: _Connection, event: Event) -> bytes:
         if event.kind == "fill":

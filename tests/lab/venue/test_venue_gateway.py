@@ -2,11 +2,12 @@
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager, suppress
 
 import pytest
 
@@ -335,3 +336,102 @@ max_open_orders = 1000
     assert rows["stream_offset"].tolist() == [48 * i for i in range(10)]
     assert (rows["outcome"] == b"acked").all() and (rows["filled_qty"] == 1).all()
     assert gateway.matching.stats()["buy_qty"] == 10
+
+
+SMALL_BUFFER = 4096                 # the kernel doubles it
+SEND_CHUNK = 4096                   # per client send: what one poll then has to handle
+MAX_FLOOD_ORDERS = 200_000
+
+
+@contextmanager
+def fails_after(seconds):
+    """Turn a hang into a failure: SIGALRM raises in the blocked call."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def connect_slow_reader(gateway):
+    """A non-blocking client whose replies fill the kernel's buffers after a few KB each way."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)     # before connect: sets the window
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.connect(gateway.address)
+    client.setblocking(False)
+    pump(gateway, lambda: gateway.stats()["connections"] == 1)
+    gateway._conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)   # no autotuning to MBs
+    return closing(client)
+
+
+def send_while_polling(gateway, client, data, done, seconds=5.0):
+    """Send data from the non-blocking client, polling the gateway between sends, until done().
+
+    Returns the slowest poll in s and the most reply bytes the gateway held at once.
+    """
+    view, sent, slowest, most_pending = memoryview(data), 0, 0.0, 0
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"gateway never got there: {gateway.stats()}"
+        if sent < len(view):
+            try:
+                sent += client.send(view[sent:sent + SEND_CHUNK])
+            except BlockingIOError:
+                pass
+        start = time.monotonic()
+        gateway.poll(0.001)
+        slowest = max(slowest, time.monotonic() - start)
+        most_pending = max(most_pending, gateway.pending_output_bytes)
+    return slowest, most_pending
+
+
+def test_a_client_that_never_reads_is_disconnected_without_stalling_the_gateway(make_gateway):
+    bound = 64 << 10
+    gateway = make_gateway(max_output_bytes=bound)
+    resting = new_order(1, price=BID, tif=wire.DAY)
+    flood = new_order(2, price=BID, tif=wire.IOC) * MAX_FLOOD_ORDERS     # each one: an ack and a cancel
+    with fails_after(10), connect_slow_reader(gateway) as client:
+        slowest, most_pending = send_while_polling(
+            gateway, client, resting + flood, lambda: gateway.stats()["slow_consumer_disconnects"] == 1)
+        client.settimeout(2.0)                  # what was sent, then the end (or a reset), never a timeout
+        with suppress(ConnectionResetError):
+            while client.recv(1 << 16):
+                pass
+    assert slowest < 0.5, f"one poll took {slowest:.3f} s"
+    assert 0 < most_pending <= bound
+    assert gateway.stats()["disconnects"] == 1 and gateway.pending_output_bytes == 0
+    assert gateway.matching.stats()["resting"] == 0                          # cancelled on disconnect
+
+
+def test_replies_the_kernel_cannot_take_at_once_are_flushed_in_order(make_gateway):
+    gateway = make_gateway()
+    orders = 2000
+    burst = b"".join(new_order(i, price=BID, tif=wire.IOC) for i in range(1, orders + 1))
+    with fails_after(10), connect_slow_reader(gateway) as client:
+        _slowest, most_pending = send_while_polling(
+            gateway, client, burst, lambda: gateway.stats()["messages"] == orders)
+        assert most_pending > 0                                             # partial sends happened
+        received = bytearray()
+        deadline = time.monotonic() + 5.0
+        while len(received) < orders * 2 * wire.ACK.size:
+            assert time.monotonic() < deadline, f"got {len(received)} bytes, {gateway.pending_output_bytes} pending"
+            gateway.poll(0.001)
+            try:
+                received += client.recv(1 << 16)
+            except BlockingIOError:
+                pass
+    acks = [wire.decode_order(bytes(received[i:i + wire.ACK.size])) for i in range(0, len(received), wire.ACK.size)]
+    assert [(a.acked_type, a.client_order_id) for a in acks] == \
+        [(t, i) for i in range(1, orders + 1) for t in (wire.NEW_ORDER_TYPE, wire.CANCEL_TYPE)]
+    assert gateway.pending_output_bytes == 0
+    assert gateway.stats()["slow_consumer_disconnects"] == 0 and gateway.stats()["disconnects"] == 0
+
+
+def test_max_output_bytes_must_be_positive(make_gateway):
+    with pytest.raises(VenueError, match="max_output_bytes"):
+        make_gateway(max_output_bytes=0)
