@@ -12,7 +12,8 @@
  * crossed_fixes counts them.
  *
  * decode(payload, books, kernel_rx_ns, app_in) is MarketDataHandler's whole datagram in
- * one call: it checks the header (engine.protocol.md HEADER) and every length, applies the
+ * one call: it checks the header and every length (the offsets come from engine.protocol.md's
+ * declaration, through set_layout), applies the
  * update entries to the book of (venue, instrument), counts gaps, duplicates and regressions in
  * the feed's sequence on that book, and returns the MarketUpdate's fields. A datagram it cannot use raises
  * DatagramError(reason).
@@ -36,14 +37,19 @@
 #endif
 typedef __int128 wide_t;
 
-enum { BID = 1, ASK = 2 };                         /* as on the wire (engine.protocol.md) */
-enum { SET = 1 };                                  /* update action; anything else deletes */
-enum { HEADER_SIZE = 32, UPDATE_SIZE = 24, TRADE_SIZE = 24 };   /* engine.protocol.md HEADER, UPDATE, TRADE */
-enum { VERSION = 1, MSG_TYPE_MD = 1 };
-enum { VERSION_AT = 2, TYPE_AT = 3, LENGTH_AT = 4, VENUE_AT = 6, SEQ_AT = 8, INSTRUMENT_AT = 16,   /* header */
-       N_UPDATES_AT = 20, N_TRADES_AT = 22, SEND_TS_AT = 24 };
-enum { SIDE_AT = 0, ACTION_AT = 1, PRICE_AT = 8, QTY_AT = 16 };   /* offsets in an update entry */
-enum { TRADE_PRICE_AT = 0, TRADE_QTY_AT = 8 };                   /* offsets in a trade entry */
+enum { BID = 1, ASK = 2 };                         /* the book's sides; the WM wire uses the same codes */
+
+/* The WM datagram's layout, from its declaration (engine.protocol.md, WmMarketData.book_layout),
+ * given once by engine.book at import: no offset is copied into this file by hand. */
+static struct {
+    int known;
+    Py_ssize_t magic;                                   /* u16 at 0 */
+    Py_ssize_t version_at, version, type_at, md_type;
+    Py_ssize_t length_at, venue_at, seq_at, instrument_at, n_updates_at, n_trades_at, send_ts_at;
+    Py_ssize_t header_size, update_size, trade_size;
+    Py_ssize_t side_at, action_at, set_action, price_at, qty_at;   /* in an update entry */
+    Py_ssize_t trade_price_at, trade_qty_at;                         /* in a trade entry */
+} wm;
 #define MAX_WINDOW ((int64_t)(PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(int64_t)))
 
 static PyObject *BookError, *DatagramError;
@@ -406,13 +412,45 @@ static PyTypeObject L2BookType = {
 
 /* The reason a datagram cannot be used, or NULL. */
 static const char *header_problem(const unsigned char *p, Py_ssize_t size) {
-    if (size < HEADER_SIZE) return "short datagram";
-    if (p[0] != 'W' || p[1] != 'M') return "unknown magic";
-    if (p[VERSION_AT] != VERSION || p[TYPE_AT] != MSG_TYPE_MD) return "unknown version or type";
-    Py_ssize_t length = LOAD(uint16_t, p + LENGTH_AT);
-    Py_ssize_t entries = (Py_ssize_t)LOAD(uint16_t, p + N_UPDATES_AT) + LOAD(uint16_t, p + N_TRADES_AT);
-    if (length != size || HEADER_SIZE + UPDATE_SIZE * entries != length) return "length mismatch";
+    if (size < wm.header_size) return "short datagram";
+    if (LOAD(uint16_t, p) != wm.magic) return "unknown magic";
+    if (p[wm.version_at] != wm.version || p[wm.type_at] != wm.md_type) return "unknown version or type";
+    Py_ssize_t length = LOAD(uint16_t, p + wm.length_at);
+    Py_ssize_t expected = wm.header_size + wm.update_size * LOAD(uint16_t, p + wm.n_updates_at)
+                          + wm.trade_size * LOAD(uint16_t, p + wm.n_trades_at);
+    if (length != size || expected != length) return "length mismatch";
     return NULL;
+}
+
+/* set_layout(fields): the WM layout, as the tuple WmMarketData.book_layout gives it. */
+static PyObject *md_set_layout(PyObject *module, PyObject *fields) {
+    Py_ssize_t *slot[] = {&wm.magic, &wm.version_at, &wm.version, &wm.type_at, &wm.md_type, &wm.length_at,
+                          &wm.venue_at, &wm.seq_at, &wm.instrument_at, &wm.n_updates_at, &wm.n_trades_at,
+                          &wm.send_ts_at, &wm.header_size, &wm.update_size, &wm.trade_size, &wm.side_at,
+                          &wm.action_at, &wm.set_action, &wm.price_at, &wm.qty_at, &wm.trade_price_at,
+                          &wm.trade_qty_at};
+    const Py_ssize_t count = sizeof slot / sizeof slot[0];
+    if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) != count)
+        return PyErr_Format(PyExc_ValueError, "set_layout takes a tuple of %zd integers", count);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        *slot[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, k));
+        if (*slot[k] == -1 && PyErr_Occurred()) return NULL;
+        if (*slot[k] < 0) return PyErr_Format(PyExc_ValueError, "set_layout: field %zd is negative", k);
+    }
+    /* every field read must lie inside its record: (offset, width, record size) */
+    Py_ssize_t reads[][3] = {{0, 2, wm.header_size}, {wm.version_at, 1, wm.header_size},
+        {wm.type_at, 1, wm.header_size}, {wm.length_at, 2, wm.header_size}, {wm.venue_at, 2, wm.header_size},
+        {wm.seq_at, 8, wm.header_size}, {wm.instrument_at, 4, wm.header_size},
+        {wm.n_updates_at, 2, wm.header_size}, {wm.n_trades_at, 2, wm.header_size},
+        {wm.send_ts_at, 8, wm.header_size}, {wm.side_at, 1, wm.update_size}, {wm.action_at, 1, wm.update_size},
+        {wm.price_at, 8, wm.update_size}, {wm.qty_at, 8, wm.update_size}, {wm.trade_price_at, 8, wm.trade_size},
+        {wm.trade_qty_at, 8, wm.trade_size}};
+    for (size_t k = 0; k < sizeof reads / sizeof reads[0]; k++)
+        if (reads[k][0] + reads[k][1] > reads[k][2])
+            return PyErr_Format(PyExc_ValueError, "set_layout: a field at %zd runs past its %zd-byte record",
+                                reads[k][0], reads[k][2]);
+    wm.known = 1;
+    Py_RETURN_NONE;
 }
 
 /* The book of (venue, instrument) from `books`: a dict (its __missing__ makes new books), or any mapping. */
@@ -468,24 +506,25 @@ static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t n
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *p = view.buf;
-    const char *problem = header_problem(p, view.len);
+    const char *problem = wm.known ? header_problem(p, view.len) : "no layout: engine.book sets it at import";
     if (problem) {
         PyBuffer_Release(&view);
         PyErr_SetString(DatagramError, problem);
         return NULL;
     }
-    uint64_t seq = LOAD(uint64_t, p + SEQ_AT);
-    unsigned venue = LOAD(uint16_t, p + VENUE_AT);
-    unsigned long instrument = LOAD(uint32_t, p + INSTRUMENT_AT);
+    uint64_t seq = LOAD(uint64_t, p + wm.seq_at);
+    unsigned venue = LOAD(uint16_t, p + wm.venue_at);
+    unsigned long instrument = LOAD(uint32_t, p + wm.instrument_at);
     L2Book *b = book_of(args[1], venue, instrument);
     if (!b) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    const unsigned char *entry = p + HEADER_SIZE;
-    for (int k = LOAD(uint16_t, p + N_UPDATES_AT); k > 0; k--, entry += UPDATE_SIZE) {
-        int64_t qty = LOAD(int64_t, entry + QTY_AT);
-        if (set_level(b, entry[SIDE_AT], LOAD(int64_t, entry + PRICE_AT), entry[ACTION_AT] == SET ? qty : 0) < 0) {
+    const unsigned char *entry = p + wm.header_size;
+    for (int k = LOAD(uint16_t, p + wm.n_updates_at); k > 0; k--, entry += wm.update_size) {
+        int64_t qty = LOAD(int64_t, entry + wm.qty_at);
+        if (set_level(b, entry[wm.side_at], LOAD(int64_t, entry + wm.price_at),
+                      entry[wm.action_at] == wm.set_action ? qty : 0) < 0) {
             PyBuffer_Release(&view);             /* the entries before this one stay applied */
             Py_DECREF(b);
             PyErr_SetString(DatagramError, "bad book update");
@@ -493,15 +532,15 @@ static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t n
         }
     }
     int64_t trade_price = 0, trade_qty = 0;
-    if (LOAD(uint16_t, p + N_TRADES_AT)) {       /* the last trade entry */
-        const unsigned char *trade = p + view.len - TRADE_SIZE;
-        trade_price = LOAD(int64_t, trade + TRADE_PRICE_AT);
-        trade_qty = LOAD(int64_t, trade + TRADE_QTY_AT);
+    if (LOAD(uint16_t, p + wm.n_trades_at)) {   /* the last trade entry */
+        const unsigned char *trade = p + view.len - wm.trade_size;
+        trade_price = LOAD(int64_t, trade + wm.trade_price_at);
+        trade_qty = LOAD(int64_t, trade + wm.trade_qty_at);
     }
     count_sequence(b, seq);
     int64_t bid = b->best[BID], ask = b->best[ASK];
     int64_t fields[13] = {
-        (int64_t)app_in, (int64_t)tsc_now(), kernel_rx_ns, (int64_t)seq, LOAD(int64_t, p + SEND_TS_AT), venue,
+        (int64_t)app_in, (int64_t)tsc_now(), kernel_rx_ns, (int64_t)seq, LOAD(int64_t, p + wm.send_ts_at), venue,
         (int64_t)instrument, bid >= 0 ? price_at(b, bid) : 0, bid >= 0 ? b->ladder[BID][bid] : 0,
         ask >= 0 ? price_at(b, ask) : 0, ask >= 0 ? b->ladder[ASK][ask] : 0, trade_price, trade_qty};
     PyBuffer_Release(&view);
@@ -510,6 +549,8 @@ static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t n
 }
 
 static PyMethodDef module_methods[] = {
+    {"set_layout", md_set_layout, METH_O,
+     "set_layout(fields): the WM datagram's layout (engine.protocol.md WmMarketData.book_layout)"},
     {"decode", (PyCFunction)(void (*)(void))md_decode, METH_FASTCALL,
      "decode(payload, books, kernel_rx_ns, app_in) -> MarketUpdate fields (app_in, publish TSC, kernel_rx_ns, seq, "
      "send_ts_ns, venue, instrument, bid price, bid qty, ask price, ask qty, trade price, trade qty); "

@@ -17,10 +17,13 @@ Python) to 600 (the ladder in C) to 300 (this; warm, in-process timer).
 """
 from __future__ import annotations
 
+from engine import _book
 from engine._book import BookError, DatagramError, L2Book   # re-exported: the book itself is C
 from engine._book import decode as decode_datagram
+from engine.protocol import md
 
-BID, ASK = 1, 2                 # as on the wire (engine.protocol.md)
+BID, ASK = md.BID, md.ASK       # the book's sides are the wire's
+_book.set_layout(md.PROTOCOL.book_layout)
 
 
 class Books(dict):

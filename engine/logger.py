@@ -13,7 +13,9 @@ SIGINT/SIGTERM, after draining until the heads stop moving. With `logger = "FILE
 engine's [engine] table the runner starts it (LoggerProcess) with `--control`: the runner
 then sends, one JSON object per line on the logger's stdin, the engine config and, at the
 end, the final head of every queue; the logger drains up to those heads, writes its end
-record and exits.
+record and exits. It ignores SIGINT and SIGTERM then (a signal to the whole process group
+is the engine's to act on); should the engine die instead, its end of the logger's stdin
+closes, and the logger drains what is there, ends the log as incomplete and exits.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import zstandard
 
 from engine import _native
 from engine.clock import Calibration, calibrate
-from engine.messages import ACCOUNT_UPDATE, MARKET_UPDATE, ORDER_REQUEST, TIMING, struct_of
+from engine.messages import ACCOUNT_UPDATE, MARKET_UPDATE, ORDER_REQUEST, TIMING
 from engine.protocol.layout import Field, Layout
 from engine.queues import HEADER_BYTES, PREFIX, Queue, QueueError, fingerprint
 
@@ -51,7 +53,7 @@ RECORD = Layout("LogRecord", 24, [
     Field("seq", 8, "<u8", "M: sequence number of the first message; G: of the first one missed"),
     Field("body_bytes", 16, "<u8", "bytes of body after this header"),
 ])
-RECORD_HEADER = struct_of(RECORD)
+RECORD_HEADER = RECORD.struct
 HEADER, QUEUE, CONFIG, MESSAGES, GAP, END = (ord(c) for c in "HQCMGE")
 JSON_KINDS = {HEADER: "header", QUEUE: "queue", CONFIG: "config", END: "end"}
 
@@ -408,8 +410,9 @@ class _Control:
         self.configs: list[dict] = []
         self.segment = f"/dev/shm/{PREFIX}{engine}.md"
         self.next_check = 0.0
-        if control:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)          # the engine decides when to stop
+        if control:                                               # the engine decides when to stop
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
         else:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: setattr(self, "stop_reason", "stopped by a signal"))

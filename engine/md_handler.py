@@ -11,10 +11,10 @@ from collections import Counter
 
 from engine.book import Books, DatagramError, decode_datagram
 from engine.clock import tsc
-from engine.messages import MARKET_UPDATE, struct_of, timing_word
+from engine.messages import MARKET_UPDATE, timing_word
 from engine.net import recv_stamped
 
-MARKET_UPDATE_STRUCT = struct_of(MARKET_UPDATE)
+MARKET_UPDATE_STRUCT = MARKET_UPDATE.struct
 TIMING_WORD = timing_word("md_handler", "market_update")
 
 

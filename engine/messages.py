@@ -5,14 +5,14 @@ venue event that caused it, copied onto everything it causes) and
 `publish_tsc` (when its publisher handed it on: in processes mode the queue
 write; in single-process mode the direct hand-over to the next actor, the
 queue write following once the order is sent). Layouts are data, as in
-engine.protocol; `struct_of(layout)` gives
-the struct.Struct that packs them on the hot path.
+engine.protocol; a layout's `struct` packs them on the hot path.
 """
 from __future__ import annotations
 
-import struct
-
 from engine.protocol.layout import Field, Layout
+
+BUY, SELL = 1, 2                 # sides, as FIX Side (54) codes them
+DAY, IOC = 0, 3                  # time in force, as FIX TimeInForce (59) codes them
 
 
 def _stamps() -> list[Field]:
@@ -92,19 +92,3 @@ def timing_word(actor: str, kind: str) -> int:
     return ACTORS[actor] | KINDS[kind] << 16
 
 
-_STRUCT_CODES = {"u1": "B", "<u2": "H", "<u4": "I", "<u8": "Q", "<i8": "q"}
-
-
-def struct_of(layout: Layout) -> struct.Struct:
-    """A struct.Struct with the layout's fields in order and its padding as pad bytes."""
-    parts, at = ["<"], 0
-    for f in sorted(layout.fields, key=lambda f: f.offset):
-        if f.offset > at:
-            parts.append(f"{f.offset - at}x")
-        parts.append(_STRUCT_CODES.get(f.format) or f"{f.size}s")
-        at = f.offset + f.size
-    if layout.size > at:
-        parts.append(f"{layout.size - at}x")
-    packer = struct.Struct("".join(parts))
-    assert packer.size == layout.size, layout.name
-    return packer

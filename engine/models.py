@@ -8,11 +8,10 @@ functions of the updates they see, so a replay reproduces them exactly.
 from __future__ import annotations
 
 from engine.clock import tsc
-from engine.messages import IDEAL_ORDER, MARKET_UPDATE, struct_of, timing_word
-from engine.protocol.orders import BUY, DAY, IOC, SELL
+from engine.messages import BUY, DAY, IDEAL_ORDER, IOC, MARKET_UPDATE, SELL, timing_word
 
-UPDATE = struct_of(MARKET_UPDATE)
-IDEAL = struct_of(IDEAL_ORDER)
+UPDATE = MARKET_UPDATE.struct
+IDEAL = IDEAL_ORDER.struct
 TIMING_WORD = timing_word("trade_model", "ideal_order")
 FLAT = 0
 

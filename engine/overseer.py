@@ -11,12 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from engine.clock import tsc
-from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, ORDER_REQUEST, struct_of, timing_word
-from engine.protocol.orders import BUY, IOC
+from engine.messages import ACCOUNT_UPDATE, BUY, IDEAL_ORDER, IOC, ORDER_REQUEST, timing_word
 
-IDEAL = struct_of(IDEAL_ORDER)
-REQUEST = struct_of(ORDER_REQUEST)
-ACCOUNT = struct_of(ACCOUNT_UPDATE)
+IDEAL = IDEAL_ORDER.struct
+REQUEST = ORDER_REQUEST.struct
+ACCOUNT = ACCOUNT_UPDATE.struct
 REQUEST_TIMING = timing_word("overseer", "order_request")
 APPLY_TIMING = timing_word("overseer", "account_update")
 NEW, CANCEL = ord("N"), ord("C")         # OrderRequest kinds

@@ -18,12 +18,15 @@ import os
 import signal
 import time
 
+from engine.lifeline import die_with_parent
+
 ROLES = ("md_handler", "trade_models", "overseer", "gateway")
 CHECK_STOP_EVERY = 256          # loop passes between looks at the shared stop flag
 
 
 def run_processes(engine, wait: str = "yield", cpus: list[int] | None = None) -> dict:
-    """Fork one process per actor, run until the config's limits or SIGTERM, then merge summaries."""
+    """Fork one process per actor, run until the config's limits or `engine.stopping` (SIGINT/SIGTERM:
+    Engine.run), then merge summaries."""
     if wait not in ("spin", "yield"):
         raise ValueError(f"wait must be spin or yield, got {wait!r}")
     ctx = mp.get_context("fork")
@@ -31,24 +34,20 @@ def run_processes(engine, wait: str = "yield", cpus: list[int] | None = None) ->
     results = ctx.Queue()
     orders_queue = engine.queues[1]
     procs = [ctx.Process(target=_actor, name=f"engine-{role}", daemon=True,
-                         args=(engine, role, stop, results, wait, None if not cpus else cpus[i % len(cpus)]))
+                         args=(engine, role, stop, results, wait, None if not cpus else cpus[i % len(cpus)],
+                               os.getpid()))
              for i, role in enumerate(ROLES)]
-    stopping = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     for p in procs:
         p.start()
     config, start = engine.config, time.monotonic()
     try:
-        while not stopping and all(p.is_alive() for p in procs):
+        while not engine.stopping and all(p.is_alive() for p in procs):
             time.sleep(0.005)
             if config.duration_s is not None and time.monotonic() - start >= config.duration_s:
                 break
             if config.max_orders is not None and orders_queue.head() >= config.max_orders:
                 break
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         stop.value = True
         parts = {}
         for _ in procs:
@@ -64,8 +63,10 @@ def run_processes(engine, wait: str = "yield", cpus: list[int] | None = None) ->
     return _merge(parts, [p.exitcode for p in procs])
 
 
-def _actor(engine, role: str, stop, results, wait: str, cpu: int | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
+def _actor(engine, role: str, stop, results, wait: str, cpu: int | None, engine_pid: int) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):       # the parent decides when to stop
+        signal.signal(sig, signal.SIG_IGN)
+    die_with_parent(engine_pid, signal.SIGKILL)       # it holds nothing of its own to clean up
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     timing_queue = engine.queues[3]

@@ -17,8 +17,12 @@ publish, and a whole poll (version check, copy, re-check, sped-past recovery), i
 C call. Consumer.wait_bytes(spins) spins in C for the next message.
 
 Segment layout (all little-endian u64): 0 magic, 8 capacity, 16 slot stride,
-24 payload size, 32 dtype fingerprint, 64 head (next sequence number, on its own
-cache line); slots from 128, each [u64 version][payload], 64-byte aligned.
+24 payload size, 32 dtype fingerprint, 40 owner (the creator's pid), 64 head (next
+sequence number, on its own cache line); slots from 128, each [u64 version][payload],
+64-byte aligned.
+
+The creator removes its segments when it closes them. One killed outright (SIGKILL) cannot:
+sweep_stale_segments removes the segments whose owner has died, and never a live owner's.
 """
 from __future__ import annotations
 
@@ -26,19 +30,24 @@ import ctypes
 import hashlib
 import mmap
 import os
+import stat
 import struct
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 
 from engine import _native
+from engine.lifeline import is_alive
 
 MAGIC_QUEUE = int.from_bytes(b"WLQUEUE\0", "little")
 MAGIC_VECTOR = int.from_bytes(b"WLVECTOR", "little")
 HEADER_BYTES = 128
+OWNER_OFFSET = 40
 HEAD_OFFSET = 64
 CACHE_LINE = 64
 PREFIX = "wirelab-"
+SHM_DIRECTORY = "/dev/shm"
 
 
 class QueueError(RuntimeError):
@@ -56,7 +65,7 @@ class _Attachment:
 
     def __init__(self, name: str):
         try:
-            fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+            fd = os.open(f"{SHM_DIRECTORY}/{name}", os.O_RDWR)
         except FileNotFoundError:
             raise QueueError(f"no shared memory named {name!r}") from None
         try:
@@ -85,6 +94,8 @@ class _Segment:
                                                       size=HEADER_BYTES + capacity * self.stride)
             except FileExistsError:
                 raise QueueError(f"shared memory {PREFIX + name!r} already exists") from None
+            # the owner before the magic: a sweep that sees the magic sees the owner too
+            struct.pack_into("<Q", self.shm.buf, OWNER_OFFSET, os.getpid())
             struct.pack_into("<5Q", self.shm.buf, 0, magic, capacity, self.stride, self.payload_size,
                              fingerprint(self.dtype))
             self.owner = True
@@ -123,6 +134,37 @@ class _Segment:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def sweep_stale_segments(directory: str = SHM_DIRECTORY) -> list[str]:
+    """Remove this user's queue and vector segments whose owner process is gone (a creator
+    killed outright cannot remove its own); returns their names. A live owner's segment, a
+    segment still being created (no magic yet) and anything else in the directory stay."""
+    removed = []
+    for path in Path(directory).glob(PREFIX + "*"):
+        owner = _owner(path)
+        if owner and not is_alive(owner):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _owner(path: Path) -> int | None:
+    """The owner pid in a segment's header, or None if it is not a whole segment of this user's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_size < HEADER_BYTES:
+            return None
+        header = os.read(fd, HEADER_BYTES)
+    finally:
+        os.close(fd)
+    if len(header) < HEADER_BYTES or struct.unpack_from("<Q", header, 0)[0] not in (MAGIC_QUEUE, MAGIC_VECTOR):
+        return None
+    return struct.unpack_from("<Q", header, OWNER_OFFSET)[0] or None
 
 
 class Queue(_Segment):

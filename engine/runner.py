@@ -18,12 +18,14 @@ import select
 import signal
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from engine._native import recv_spin
 from engine.book import Books
 from engine.clock import calibrate, tsc
-from engine.gateway import ORDER_FORMATS, STRATEGIES, OrderGateway, Session
+from engine.gateway import STRATEGIES, OrderGateway, Session
+from engine.lifeline import die_with_parent_from_environment
 from engine.logger import LoggerProcess
 from engine.md_handler import MarketDataHandler
 from engine.messages import ACCOUNT_UPDATE, IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST, TIMING
@@ -31,7 +33,8 @@ from engine.models import MODELS
 from engine.net import udp_receiver
 from engine.overseer import Overseer, RiskLimits
 from engine.protocol import md
-from engine.queues import Queue, QueueError, SeqlockVector
+from engine.protocol.registry import DEFAULT_ORDERS, order_protocol_names
+from engine.queues import Queue, QueueError, SeqlockVector, sweep_stale_segments
 from engine.telemetry import TelemetryRecorder
 
 
@@ -49,7 +52,7 @@ class VenueConfig:
     feed: tuple[str, int]
     gateway: tuple[str, int]
     account: int = 1
-    orders: str = "binary"                               # binary or fix
+    orders: str = DEFAULT_ORDERS                         # the order protocol's name
 
 
 @dataclass
@@ -115,11 +118,12 @@ def parse_config(text: str) -> EngineConfig:
     for i, v in enumerate(data.get("venues", [])):
         if "id" not in v:
             raise ConfigError(f"venues[{i}].id: missing")
-        if v.get("orders", "binary") not in ORDER_FORMATS:
-            raise ConfigError(f"venues[{i}].orders: {v.get('orders')!r} is not one of {', '.join(ORDER_FORMATS)}")
+        if v.get("orders", DEFAULT_ORDERS) not in order_protocol_names():
+            raise ConfigError(f"venues[{i}].orders: {v.get('orders')!r} is not one of "
+                              f"{', '.join(order_protocol_names())}")
         config.venues.append(VenueConfig(v["id"], _address(v.get("feed"), f"venues[{i}].feed"),
                                          _address(v.get("gateway"), f"venues[{i}].gateway"), v.get("account", 1),
-                                         v.get("orders", "binary")))
+                                         v.get("orders", DEFAULT_ORDERS)))
     if not config.venues:
         raise ConfigError("venues: at least one [[venues]] is needed")
     for i, inst in enumerate(data.get("instruments", [])):
@@ -234,15 +238,31 @@ class Engine:
         return done
 
     def run(self) -> dict:
-        if not self.config.logger:
-            return self._run()
-        logger = LoggerProcess(self.config.name, self.config.logger, config_record(self.config))
+        """Run until the config's limits, a venue's failure, or SIGINT/SIGTERM; the telemetry and the
+        log are written either way."""
+        with self._stopped_by_signals():
+            if not self.config.logger:
+                return self._run()
+            logger = LoggerProcess(self.config.name, self.config.logger, config_record(self.config))
+            try:
+                summary = self._run()
+            finally:
+                prefix = len(self.config.name) + 1
+                logged = logger.stop({q.name[prefix:]: q.head() for q in self.queues}, self.calibration)
+            return {**summary, "logger": logged}
+
+    @contextmanager
+    def _stopped_by_signals(self):
+        """SIGINT and SIGTERM set `stopping`, whatever this process inherited (a script's background
+        job starts with SIGINT ignored). A second signal while stopping changes nothing."""
+        def stop(_signum, _frame) -> None:
+            self.stopping = True
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            summary = self._run()
+            yield
         finally:
-            prefix = len(self.config.name) + 1
-            logged = logger.stop({q.name[prefix:]: q.head() for q in self.queues}, self.calibration)
-        return {**summary, "logger": logged}
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _run(self) -> dict:
         self.calibration = calibrate(duration_s=0.1, samples=200)
@@ -254,7 +274,6 @@ class Engine:
         deadline = None if limit is None else time.monotonic() + limit
         self.spin_ticks = self.config.spin_us * self.calibration.frequency_hz // 10**6
         passes, idle, warm_every, warm = 0, 0, self.config.warm_every, self.warmer.run
-        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         try:
             while not self.stopping and not self.gateway.failed:
                 passes += 1
@@ -268,10 +287,7 @@ class Engine:
                     break
                 if max_orders is not None and counts["orders"] >= max_orders:
                     break
-        except KeyboardInterrupt:
-            pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
             self.finish()
         return self.summary()
 
@@ -430,6 +446,17 @@ def config_record(config: EngineConfig) -> dict:
     return record
 
 
+def start_engine_process() -> None:
+    """What `python -m engine` and `lab engine` do first. Until Engine.run takes them as a stop,
+    SIGINT and SIGTERM interrupt (KeyboardInterrupt), whatever dispositions were inherited. The
+    engine dies with a parent that asked for it (WIRELAB_PARENT_PID) by SIGTERM, so it still
+    removes its shared memory. Segments that engines killed outright left behind are swept."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+    die_with_parent_from_environment(signal.SIGTERM)
+    sweep_stale_segments()
+
+
 def main(argv=None) -> int:
     import argparse
     import sys
@@ -437,6 +464,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="engine TOML config")
     args = parser.parse_args(argv)
     try:
+        start_engine_process()
         with open(args.config, "rb") as f:
             config = parse_config(f.read().decode("utf-8"))
         with Engine(config) as engine:
@@ -444,4 +472,7 @@ def main(argv=None) -> int:
     except (OSError, ConfigError, UnicodeDecodeError, QueueError) as exc:   # LoggerError is an OSError
         print(f"engine: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("engine: stopped by a signal before it could run", file=sys.stderr)
+        return 130
     return 0

@@ -25,6 +25,7 @@ COMMANDS = {
     "timekeeper": "timekeeper",
     "engine": "engine",
     "replay": "replay",
+    "protocols": "protocols",
 }
 
 

@@ -10,12 +10,14 @@ One experiment, in order:
    engine (`python -m engine`, with telemetry and its persistence log).
 3. Once the engine has connected to every venue, the feed puts each datagram onto
    loopback at its instant; the venue loop serves the gateways while it waits.
-4. The engine is stopped with SIGINT (it writes telemetry and its log), the capture is
+4. The engine is stopped with SIGTERM (it writes telemetry and its log), the capture is
    stopped, and the loopback frames become the run's hardware-style pcapng
    (lab.capture.taps), with the run info (scenario, host latencies, the lab's clock
    samples) in its section comment.
 
-Whatever happens, everything started is stopped: processes, sockets, shared memory.
+Whatever happens, everything started is stopped: processes, sockets, shared memory. Killed
+outright (SIGKILL), the runner cannot stop anything: its children die with it
+(engine.lifeline), and the next run sweeps what is left (sweep_stale_runs).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import os
 import shutil
 import signal
 import socket
-import struct
+import stat
 import subprocess
 import sys
 import tempfile
@@ -37,13 +39,16 @@ from typing import Callable
 import numpy as np
 
 from engine.clock import paired_sample
+from engine.lifeline import child_environment, die_with_parent, is_alive
 from engine.net import recv_stamped, udp_receiver
 from engine.protocol import md
+from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS, md_protocol, order_protocol
+from engine.queues import sweep_stale_segments
 from engine.telemetry import read_telemetry
 from lab.capture import open_capture
 from lab.capture.live import LiveCapture
 from lab.capture.runinfo import run_info_comment
-from lab.capture.sockets import prefix_bytes, rebuild
+from lab.capture.sockets import rebuild
 from lab.capture.taps import build_taps, write_taps
 from lab.errors import LabError
 from lab.venue.feed import FeedPublisher
@@ -69,6 +74,7 @@ START_LEAD_NS = 100_000_000      # the first delivery, after the engine is conne
 CLOCK_SAMPLES = 100
 PS_PER_NS = 1000
 MAX_RUN_PACKETS = 1 << 26          # read in one batch: a run's capture is far smaller
+RUN_FOLDER_PREFIX = "wirelab-run-"   # + the runner's pid + "-": its temporary folder
 
 
 class RunError(LabError):
@@ -86,7 +92,7 @@ class RunOptions:
     telemetry: str | None = None       # default: next to out, .tel
     log: str | None = None             # default: next to out, .log.zst
     seed: int = 1
-    orders: str = "binary"             # binary | fix
+    orders: str = DEFAULT_ORDERS       # the order protocol's name
     queue_model: str = "risk-averse"
     models: tuple[str, ...] = tuple(MODELS)   # per venue, on its one instrument
     feed: str = "synthetic"            # synthetic | log:PATH | pcap:PATH
@@ -187,10 +193,11 @@ def engine_config(name: str, options: RunOptions, feeds: list[int], gateways: li
     return "\n".join(lines)
 
 
-def _capture_child(ports, raw_path, conn) -> None:
+def _capture_child(ports, raw_path, conn, runner_pid: int) -> None:
     """The capture process: capture until told to stop, then report stats (or the error)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)       # not the parent's handler: a SIGTERM just ends it
+    die_with_parent(runner_pid, signal.SIGTERM)
     try:
         capture = LiveCapture("lo", ports=ports, out=raw_path, directions="both").start()
     except Exception as exc:                             # reported to the parent as one line
@@ -208,7 +215,8 @@ class _Capture:
     def __init__(self, ports, raw_path):
         context = multiprocessing.get_context("fork")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_capture_child, args=(tuple(ports), raw_path, child), daemon=True)
+        self.process = context.Process(target=_capture_child, args=(tuple(ports), raw_path, child, os.getpid()),
+                                       daemon=True)
         self.process.start()
         child.close()
         if not self.conn.poll(10):
@@ -268,7 +276,7 @@ def _unique_seqs(feed):
     payloads = []
     for payload, seq in zip(feed.payloads, seqs.tolist()):
         patched = bytearray(payload)
-        struct.pack_into("<Q", patched, md.SEQ_OFFSET, seq)
+        md_protocol(DEFAULT_MD).stamp(patched, seq=seq)
         payloads.append(bytes(patched))
     return payloads, seqs
 
@@ -279,7 +287,8 @@ class _Engine:
         self.stdout = open(os.path.join(workdir, "engine.out"), "w+")
         self.stderr = open(os.path.join(workdir, "engine.err"), "w+")
         self.process = subprocess.Popen([sys.executable, "-m", "engine", "--config", config_path],
-                                        stdout=self.stdout, stderr=self.stderr, stdin=subprocess.DEVNULL)
+                                        stdout=self.stdout, stderr=self.stderr, stdin=subprocess.DEVNULL,
+                                        env=child_environment())
 
     def check_alive(self) -> None:
         status = self.process.poll()
@@ -325,8 +334,9 @@ def run(options: RunOptions) -> RunResult:
     l3 = np.array([len(p) for p in payloads], np.int64) + scenario.market_data.transport.header
     deliver_ps, transit_ps, rate = md_schedule(scenario, l3, options.rate)
 
+    sweep_stale_runs()
     name = f"lab-run-{os.getpid()}"
-    workdir = tempfile.mkdtemp(prefix="wirelab-run-")          # 0700
+    workdir = tempfile.mkdtemp(prefix=f"{RUN_FOLDER_PREFIX}{os.getpid()}-")   # 0700
     gateways, capture, engine, publisher = [], None, None, None
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -379,11 +389,11 @@ def run(options: RunOptions) -> RunResult:
         delivery = publisher.publish(replace(feed, payloads=payloads, seq=seqs), deliver_at, idle=idle, sent=sent,
                                      progress=options.progress)
         _serve_for(gateways, engine, DRAIN_S)
-        engine.process.send_signal(signal.SIGINT)
+        engine.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while engine.process.poll() is None:
             if time.monotonic() > deadline:
-                raise RunError(f"the engine did not stop within {STOP_TIMEOUT_S:.0f} s of SIGINT")
+                raise RunError(f"the engine did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM")
             for gateway in gateways:
                 gateway.poll(0.01)
         if engine.process.returncode != 0:
@@ -429,7 +439,7 @@ def run(options: RunOptions) -> RunResult:
         signal.signal(signal.SIGTERM, previous_term)
         if engine is not None:
             if engine.process.poll() is None:
-                engine.process.send_signal(signal.SIGINT)
+                engine.process.send_signal(signal.SIGTERM)
                 try:
                     engine.process.wait(5)
                 except subprocess.TimeoutExpired:
@@ -444,18 +454,33 @@ def run(options: RunOptions) -> RunResult:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def sweep_stale_runs() -> None:
+    """Remove what runs killed outright left: their engines' shared memory and their temporary
+    folders. Only this user's, and only where the recorded owner (the segment's creator, the
+    pid in the folder's name) is gone."""
+    sweep_stale_segments()
+    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(RUN_FOLDER_PREFIX):].split("-", 1)[0]
+        try:
+            info = folder.lstat()
+        except FileNotFoundError:
+            continue
+        if pid.isdigit() and stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not is_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _rebuild_from_sockets(payloads, feed, delivery, publisher, feed_ports, gateways, sent_orders, options):
     """The frames the sockets' own stamps can tell (lab.capture.sockets)."""
     sent = []
     for payload, app_ns in zip(payloads, delivery.app_ns.tolist()):     # the bytes as sent: send_ts set
         patched = bytearray(payload)
-        struct.pack_into("<q", patched, md.HEADER.offset("send_ts_ns"), app_ns)
+        md_protocol(DEFAULT_MD).stamp(patched, send_ts_ns=app_ns)
         sent.append(bytes(patched))
     venues = [(g.venue, g.address[1], g.reads, g.records(), g.accepted_ns) for g in gateways]
     return rebuild(sent, feed.venue, delivery.kernel_tx_ns,
                    {v: sock.getsockname()[1] for v, sock in publisher.sockets.items()},
                    {i + 1: port for i, port in enumerate(feed_ports)}, venues, sent_orders,
-                   prefix_bytes(options.orders) if options.strategy == "tcp-prefix" else None)
+                   order_protocol(options.orders).prefix_bytes if options.strategy == "tcp-prefix" else None)
 
 
 def _raise_interrupt(signum, frame):

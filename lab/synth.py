@@ -2,8 +2,8 @@
 
 The host sits behind one tap ("host-tap"). Inbound, a market-data feed arrives
 as UDP multicast datagrams (engine.protocol.md); a fraction of them trigger an
-order, sent on a TCP connection to a venue gateway (binary order entry or FIX
-4.2); the gateway answers with acks, fills and rejects. The capture holds every
+order, sent on a TCP connection to a venue gateway (any registered order protocol:
+engine.protocol.registry); the gateway answers with acks, fills and rejects. The capture holds every
 frame both ways: the handshake, MD, orders, responses, a few retransmissions and
 out-of-order segments, and the closing FINs.
 
@@ -19,9 +19,8 @@ How the timeline is built (all integers, ns, seeded):
 - **Orders.** The tick-to-trade latency is drawn per trigger (lognormal around
   8 us plus a rare tail); the engine is one thread, so an order never leaves
   before the one before it. Most orders are one segment. Some are sent as the
-  decision-free prefix (engine.protocol.orders.NEW_ORDER_PREFIX_BYTES, or the
-  FIX prefix) and, once decided, the rest: two segments, the prefix first. A
-  few go as two segments swapped on the wire (out of order, as multi-queue NICs
+  decision-free prefix (the protocol's `prefix_bytes`) and, once decided, the
+  rest: two segments, the prefix first. A few go as two segments swapped on the wire (out of order, as multi-queue NICs
   sometimes do), and a few are retransmitted spuriously a few ms later.
 - **Venue.** Each order is answered after a one-way delay and processing: an
   ack, an ack + fill (one segment, or two, the fill later), or a reject. A few
@@ -50,12 +49,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.protocol import fix, md, orders
+from engine.messages import BUY, SELL
+from engine.protocol import md
+from engine.protocol.registry import DEFAULT_ORDERS, order_protocol, order_protocol_names
 from lab.capture import Interface, PacketBatch, PcapngWriter, PcapWriter
 from lab.errors import LabError
 
 CONVENTIONS = ("hardware", "software")
-ORDER_FORMATS = ("binary", "fix")
 TRUTH_COLUMNS = ("md_seq", "t_md_ns", "order_first_bit_ns", "order_last_byte_ns", "tick_to_trade_ns")
 INBOUND, OUTBOUND = 1, 2                       # pcapng epb_flags direction
 NS_PER_S = 10**9
@@ -136,14 +136,14 @@ class SynthConfig:
     triggers: int
     seed: int = 0
     line_rate_bps: int = 10**10
-    order_format: str = "binary"
+    order_format: str = DEFAULT_ORDERS             # the order protocol's name
 
     def __post_init__(self):
         if not 1 <= self.triggers <= MAX_TRIGGERS:
             raise LabError(f"--triggers {self.triggers}: use 1 to {MAX_TRIGGERS} "
                            "(memory grows about 1.6 GB per million)")
-        if self.order_format not in ORDER_FORMATS:
-            raise LabError(f"order format {self.order_format!r}: use one of {', '.join(ORDER_FORMATS)}")
+        if self.order_format not in order_protocol_names():
+            raise LabError(f"order format {self.order_format!r}: use one of {', '.join(order_protocol_names())}")
         if self.line_rate_bps <= 0:
             raise LabError("the line rate must be positive")
 
@@ -264,10 +264,8 @@ def synthesize(config: SynthConfig) -> Synthesis:
     md_cols, md_first, md_slot, trigger_md = _market_data(rng, config, t0)
     n = config.triggers
     order = _order_fields(rng, md_cols, trigger_md)
-    if config.order_format == "binary":
-        order_size, prefix_bytes = orders.NEW_ORDER_SIZE, orders.NEW_ORDER_PREFIX_BYTES
-    else:
-        order_size, prefix_bytes = fix.NEW_ORDER_SINGLE_SIZE, fix.NEW_ORDER_SINGLE_PREFIX_BYTES
+    protocol = order_protocol(config.order_format)
+    order_size, prefix_bytes = protocol.new_order_bytes, protocol.prefix_bytes
 
     # Orders: decided at t_MD + latency.
     t_md = md_first[trigger_md]
@@ -342,7 +340,7 @@ def synthesize(config: SynthConfig) -> Synthesis:
                        np.arange(md_first.size, dtype=np.int64), np.zeros(md_first.size, np.int64),
                        np.full(md_first.size, -1, np.int64), np.zeros(md_first.size, np.uint8))
 
-    host_stream = _host_stream(config, order, decided, order_first)
+    host_stream = protocol.synth_orders(order, decided, order_first)
     truth = {
         "md_seq": md_cols["seq"][trigger_md].astype(np.int64),
         "t_md_ns": t_md,
@@ -431,16 +429,12 @@ def _venue(rng, config: SynthConfig, order: dict, order_done, retx_done, one_way
     fill_later = filled & (rng.random(n) < FILL_LATER_FRACTION)
     swapped = _pick(rng, np.flatnonzero(fill_later), RESPONSE_SWAPPED_FRACTION / FILL_LATER_FRACTION)
 
-    # Per order: [reject] or [ack] or [ack][fill], back to back in the stream.
-    if config.order_format == "binary":
-        first_len = np.where(rejected, orders.REJECT.size, orders.ACK.size)
-        fill_len = np.where(filled, orders.FILL.size, 0)
-    else:
-        first_len = np.full(n, fix.EXECUTION_REPORT_SIZE)
-        fill_len = np.where(filled, fix.EXECUTION_REPORT_SIZE, 0)
+    # Per order: [reject] or [ack] or [ack][fill], back to back in the stream. The venue's
+    # clock (venue_ts) is content only, not used for timing.
+    stream, first_len, fill_len = order_protocol(config.order_format).synth_replies(
+        dict(order, exec_id=9_000_000 + np.arange(n)), rejected, filled, START_NS + np.arange(n))
     response_len = first_len + fill_len
     response_at = np.cumsum(response_len) - response_len
-    stream = _venue_stream(config, order, rejected, filled, first_len, fill_len)
 
     # Segments in send order: one per response, or [ack][fill] when the fill comes later;
     # a swapped pair puts the fill on the wire first.
@@ -505,76 +499,11 @@ def _set_seq_and_acks(frames: Frames, one_way: int, rate: int) -> None:
 def _order_fields(rng, md_cols: dict, trigger_md: np.ndarray) -> dict:
     """What each order says: it takes the triggering datagram's best price."""
     n = trigger_md.size
-    side = rng.integers(orders.BUY, orders.SELL + 1, n)
+    side = rng.integers(BUY, SELL + 1, n)
     return {"side": side, "qty": rng.integers(1, 10, n) * 100,
-            "price": np.where(side == orders.BUY, md_cols["ask"][trigger_md], md_cols["bid"][trigger_md]),
+            "price": np.where(side == BUY, md_cols["ask"][trigger_md], md_cols["bid"][trigger_md]),
             "instrument": md_cols["instrument"][trigger_md], "trigger_seq": md_cols["seq"][trigger_md],
-            "client_order_id": 500_000 + np.arange(n), "venue_order_id": 7_000_000 + np.arange(n)}
-
-
-def _host_stream(config: SynthConfig, order: dict, decided, order_first) -> np.ndarray:
-    """The orders, back to back: NewOrders or FIX NewOrderSingles."""
-    n = decided.size
-    if config.order_format == "binary":
-        records = np.zeros(n, orders.NEW_ORDER_DTYPE)
-        records["length"], records["msg_type"] = orders.NEW_ORDER_SIZE, orders.NEW_ORDER_TYPE
-        records["account"], records["time_in_force"] = 7, orders.IOC
-        for name in ("client_order_id", "trigger_seq", "instrument", "side", "price", "qty"):
-            records[name] = order[name]
-        return records.view(np.uint8)
-    return fix.encode_fix_batch(
-        b"D", n, sender="WIRELAB1", target="VENUEGW1", msg_seq_num=2 + np.arange(n),
-        sending_time_ns=order_first, account=7, client_order_id=order["client_order_id"], time_in_force=3,
-        trigger_seq=order["trigger_seq"].astype(np.int64), symbol=_symbols(order["instrument"]),
-        side=order["side"], qty=order["qty"], price=order["price"], transact_time_ns=decided).ravel()
-
-
-def _symbols(instrument: np.ndarray) -> np.ndarray:
-    return np.char.add(b"I", np.char.zfill(instrument.astype("S7"), 7))
-
-
-def _venue_stream(config: SynthConfig, order: dict, rejected, filled, first_len, fill_len) -> np.ndarray:
-    """The responses, back to back: an ack or a reject for each order, then its fill if any."""
-    n = rejected.size
-    venue_ts = START_NS + np.arange(n)      # the venue's clock: content only, not used for timing
-    exec_id = 9_000_000 + np.arange(n)
-    if config.order_format == "fix":
-        row = np.repeat(np.arange(n), 1 + filled)
-        is_fill = np.zeros(row.size, bool)
-        is_fill[1:] = row[1:] == row[:-1]
-        exec_type = np.where(is_fill, b"2", np.where(rejected[row], b"8", b"0"))
-        qty = order["qty"][row]
-        price = order["price"][row]
-        return fix.encode_fix_batch(
-            b"8", row.size, sender="VENUEGW1", target="WIRELAB1", msg_seq_num=2 + np.arange(row.size),
-            sending_time_ns=venue_ts[row], order_id=order["venue_order_id"][row],
-            client_order_id=order["client_order_id"][row], exec_id=np.where(is_fill, exec_id[row], 0),
-            exec_type=exec_type, ord_status=exec_type, symbol=_symbols(order["instrument"][row]),
-            side=order["side"][row], qty=qty, last_qty=np.where(is_fill, qty, 0),
-            last_price=np.where(is_fill, price, 0), leaves_qty=np.where(is_fill | rejected[row], 0, qty),
-            cum_qty=np.where(is_fill, qty, 0), avg_price=np.where(is_fill, price, 0),
-            transact_time_ns=venue_ts[row]).ravel()
-    rejects = np.zeros(int(rejected.sum()), orders.REJECT_DTYPE)
-    rejects["length"], rejects["msg_type"] = orders.REJECT.size, orders.REJECT_TYPE
-    rejects["rejected_type"], rejects["reason"] = orders.NEW_ORDER_TYPE, 3
-    rejects["client_order_id"], rejects["venue_ts_ns"] = order["client_order_id"][rejected], venue_ts[rejected]
-    accepted = ~rejected
-    acks = np.zeros(int(accepted.sum()), orders.ACK_DTYPE)
-    acks["length"], acks["msg_type"], acks["acked_type"] = orders.ACK.size, orders.ACK_TYPE, orders.NEW_ORDER_TYPE
-    acks["client_order_id"] = order["client_order_id"][accepted]
-    acks["venue_order_id"], acks["venue_ts_ns"] = order["venue_order_id"][accepted], venue_ts[accepted]
-    fills = np.zeros(int(filled.sum()), orders.FILL_DTYPE)
-    fills["length"], fills["msg_type"] = orders.FILL.size, orders.FILL_TYPE
-    for name in ("side", "client_order_id", "venue_order_id", "price", "qty"):
-        fills[name] = order[name][filled]
-    fills["exec_id"], fills["venue_ts_ns"] = exec_id[filled], venue_ts[filled]
-    # Which record each stream byte belongs to: 0 reject, 1 ack, 2 fill, 3 none.
-    kind = np.repeat(np.stack([np.where(rejected, 0, 1), np.where(filled, 2, 3)], axis=1).ravel(),
-                     np.stack([first_len, fill_len], axis=1).ravel())
-    stream = np.zeros(kind.size, np.uint8)
-    for code, records in ((0, rejects), (1, acks), (2, fills)):
-        stream[kind == code] = records.view(np.uint8)
-    return stream
+            "client_order_id": 500_000 + np.arange(n), "venue_order_id": 7_000_000 + np.arange(n), "account": 7}
 
 
 # --- frames to bytes ---------------------------------------------------------------------------

@@ -10,12 +10,15 @@ CheckSum (10) are computed as FIX 4.2 defines them. See docs/protocol.md.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine.messages import IOC
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import as_bytes_array, gather
+from engine.protocol.registry import OrderProtocol, VenueReplies, VenueRequest
 from engine.protocol.stream import StreamFrames, follow_chain, successors
 
 SOH = b"\x01"
@@ -659,3 +662,191 @@ def _put_time(column: np.ndarray, stamp_ns: np.ndarray, field: FixField) -> None
              (15, 17, ms_of_day // 1000 % 60), (18, 21, ms_of_day % 1000))
     for start, end, value in parts:
         _put_digits(column[:, start:end], value, field)
+
+
+class FixOrders(OrderProtocol):
+    name = "fix"
+    title = "FIX 4.2 NewOrderSingle, OrderCancelRequest and ExecutionReport, fixed width"
+    framing = "tag=value fields; 8=FIX.4.2, 9=BodyLength, then the body up to 10=CheckSum"
+    sniff_bytes = len(b"8=FIX")
+    prefix_bytes = NEW_ORDER_SINGLE_PREFIX_BYTES
+    layouts = (NEW_ORDER_SINGLE, ORDER_CANCEL_REQUEST, EXECUTION_REPORT)
+
+    def sniff(self, head: bytes) -> bool:
+        return head.startswith(b"8=FIX")
+
+    def frame(self, stream) -> StreamFrames:
+        return frame_fix_stream(stream)
+
+    def new_orders(self, stream, frames, trigger_tag=None):
+        new = np.flatnonzero(frames.msg_type == ord("D"))
+        offsets, lengths = frames.offset[new], frames.length[new]
+        return (new, fix_tag_values(stream, offsets, lengths, ORDER_QTY_TAG),
+                fix_tag_values(stream, offsets, lengths, trigger_tag or TRIGGER_SEQ_TAG))
+
+    def client(self, account: int, sender: str, target: str) -> FixClient:
+        return FixClient(account, sender, target)
+
+    def server(self) -> FixServer:
+        return FixServer()
+
+    new_order_bytes = NEW_ORDER_SINGLE_SIZE
+    SYNTH_IDS = ("WIRELAB1", "VENUEGW1")          # the synth host's and venue's CompIDs
+
+    def synth_orders(self, order: dict, decided_ns, first_bit_ns) -> np.ndarray:
+        host, venue = self.SYNTH_IDS
+        n = len(decided_ns)
+        return encode_fix_batch(
+            b"D", n, sender=host, target=venue, msg_seq_num=2 + np.arange(n), sending_time_ns=first_bit_ns,
+            account=order["account"], client_order_id=order["client_order_id"], time_in_force=IOC,
+            trigger_seq=order["trigger_seq"].astype(np.int64), symbol=_symbols(order["instrument"]),
+            side=order["side"], qty=order["qty"], price=order["price"], transact_time_ns=decided_ns).ravel()
+
+    def synth_replies(self, order: dict, rejected, filled, venue_ts_ns):
+        host, venue = self.SYNTH_IDS
+        n = rejected.size
+        row = np.repeat(np.arange(n), 1 + filled)
+        is_fill = np.zeros(row.size, bool)
+        is_fill[1:] = row[1:] == row[:-1]
+        exec_type = np.where(is_fill, b"2", np.where(rejected[row], b"8", b"0"))
+        qty, price = order["qty"][row], order["price"][row]
+        stream = encode_fix_batch(
+            b"8", row.size, sender=venue, target=host, msg_seq_num=2 + np.arange(row.size),
+            sending_time_ns=venue_ts_ns[row], order_id=order["venue_order_id"][row],
+            client_order_id=order["client_order_id"][row], exec_id=np.where(is_fill, order["exec_id"][row], 0),
+            exec_type=exec_type, ord_status=exec_type, symbol=_symbols(order["instrument"][row]),
+            side=order["side"][row], qty=qty, last_qty=np.where(is_fill, qty, 0),
+            last_price=np.where(is_fill, price, 0), leaves_qty=np.where(is_fill | rejected[row], 0, qty),
+            cum_qty=np.where(is_fill, qty, 0), avg_price=np.where(is_fill, price, 0),
+            transact_time_ns=venue_ts_ns[row]).ravel()
+        return stream, np.full(n, EXECUTION_REPORT_SIZE), np.where(filled, EXECUTION_REPORT_SIZE, 0)
+
+
+def _symbols(instrument: np.ndarray) -> np.ndarray:
+    """FIX Symbol of each instrument id: "I" and 7 digits."""
+    return np.char.add(b"I", np.char.zfill(instrument.astype("S7"), 7))
+
+
+EXEC_KINDS = {"0": "A", "1": "F", "2": "F", "4": "X", "8": "R"}   # ExecType -> the gateway's event kind
+
+
+class FixClient:
+    """One FIX session's orders, as the engine's gateway sends them. A primed order's MsgSeqNum
+    and SendingTime are fixed when its prefix goes out."""
+
+    def __init__(self, account: int, sender: str, target: str):
+        self.account, self.sender, self.target = account, sender, target
+        self.seq_num = 1                               # next MsgSeqNum
+        self.primed: tuple[int, int] | None = None     # (MsgSeqNum, SendingTime ns) of the primed order
+
+    def _order(self, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
+        if self.primed is not None:
+            seq_num, sending_time = self.primed
+        else:
+            seq_num, sending_time = self.seq_num, time.time_ns()
+            self.seq_num += 1
+        return NewOrderSingle(self.sender, self.target, seq_num, sending_time, self.account, wire_id, md_seq,
+                              f"{instrument:08d}", side or 1, qty, price, time.time_ns(), tif).encode()
+
+    def order(self, wire_id, md_seq, instrument, side, tif, price, qty, primed: bool) -> tuple[bytes, int]:
+        message = self._order(wire_id, md_seq, instrument, side, tif, price, qty)
+        self.primed = None
+        return (message[NEW_ORDER_SINGLE_PREFIX_BYTES:] if primed else message), len(message)
+
+    def prefix(self, wire_id: int) -> bytes:
+        self.primed = (self.seq_num, time.time_ns())
+        self.seq_num += 1
+        return self._order(wire_id, 0, 0, 1, IOC, 0, 0)[:NEW_ORDER_SINGLE_PREFIX_BYTES]
+
+    def void(self, wire_id: int) -> bytes:
+        """The rest of the primed order with quantity 0, which the venue rejects."""
+        rest = self._order(wire_id, 0, 0, 1, IOC, 0, 0)[NEW_ORDER_SINGLE_PREFIX_BYTES:]
+        self.primed = None
+        return rest
+
+    def cancel(self, wire_id, md_seq, target_wire, instrument, side, qty) -> bytes:
+        now = time.time_ns()
+        message = OrderCancelRequest(self.sender, self.target, self.seq_num, now, self.account, target_wire,
+                                     wire_id, md_seq, f"{instrument:08d}", side or 1, qty, now).encode()
+        self.seq_num += 1
+        return message
+
+    def replies(self, inbox) -> VenueReplies:
+        frames = frame_fix_stream(bytes(inbox))
+        events, malformed, unexpected = [], 0, 0
+        for offset, length in zip(frames.offset.tolist(), frames.length.tolist()):
+            try:
+                report = decode_fix(bytes(inbox[offset:offset + length]))
+            except ProtocolError:
+                malformed += 1
+                continue
+            if not isinstance(report, ExecutionReport):
+                unexpected += 1
+                continue
+            events.append((EXEC_KINDS[report.exec_type], report.client_order_id, report.order_id, report.side,
+                           report.last_price, report.last_qty, report.leaves_qty))
+        if frames.error:
+            return VenueReplies(events, frames.consumed, malformed + 1, unexpected, True)
+        return VenueReplies(events, frames.consumed, malformed, unexpected, False)
+
+
+class FixServer:
+    """One FIX session as the venue reads it: NewOrderSingle and OrderCancelRequest in the
+    fixed layouts, answered with ExecutionReports from the CompIDs the client used."""
+    _START = b"8=FIX.4.2" + SOH + b"9="
+    _LENGTH_DIGITS = 3
+    _SIZES = (NEW_ORDER_SINGLE_SIZE, ORDER_CANCEL_REQUEST_SIZE)
+    _EXEC_TYPES = {"ack": "0", "cancelled": "4", "reject": "8"}     # a fill is 1 (partial) or 2
+
+    def __init__(self):
+        self.seq_num = 1                               # next MsgSeqNum we send
+        self.ids = ("VENUE001", "WIRELAB1")            # our CompID, the client's
+
+    def message_size(self, inbox) -> int | None:
+        start = bytes(inbox[:len(self._START)])
+        if not self._START.startswith(start):
+            raise ProtocolError("bytes that do not start a FIX 4.2 message")
+        end_of_length = inbox.find(SOH, len(self._START), len(self._START) + self._LENGTH_DIGITS + 1)
+        if end_of_length < 0:
+            if len(inbox) > len(self._START) + self._LENGTH_DIGITS:
+                raise ProtocolError("FIX BodyLength is not 3 digits")
+            return None
+        digits = bytes(inbox[len(self._START):end_of_length])
+        if not digits.isdigit():
+            raise ProtocolError(f"FIX BodyLength {digits!r} is not a number")
+        size = end_of_length + 1 + int(digits) + len(b"10=000") + 1
+        if size not in self._SIZES:
+            raise ProtocolError(f"FIX message of {size} bytes is neither a NewOrderSingle nor a cancel")
+        return size if len(inbox) >= size else None
+
+    def request(self, message: bytes) -> VenueRequest:
+        decoded = decode_fix(message)
+        if isinstance(decoded, ExecutionReport):
+            raise ProtocolError("an ExecutionReport from the client")
+        self.ids = (decoded.target, decoded.sender)
+        if isinstance(decoded, OrderCancelRequest):
+            return VenueRequest("cancel", decoded.client_order_id, decoded.trigger_seq,
+                                orig_client_order_id=decoded.orig_client_order_id)
+        return VenueRequest("void" if decoded.qty == 0 else "new", decoded.client_order_id, decoded.trigger_seq,
+                            instrument_of(decoded.symbol), decoded.side, decoded.price, decoded.qty,
+                            decoded.time_in_force)
+
+    def reply(self, event) -> bytes:
+        status = ("1" if event.leaves_qty else "2") if event.kind == "fill" else self._EXEC_TYPES[event.kind]
+        sender, target = self.ids
+        report = ExecutionReport(
+            sender, target, self.seq_num, time.time_ns(), event.venue_order_id, event.client_order_id,
+            event.exec_id, status, status, f"{max(event.instrument, 0):08d}", event.side, max(event.order_qty, 0),
+            event.qty, event.price if event.kind == "fill" else 0, event.leaves_qty, event.cum_qty,
+            event.avg_price, event.venue_ts_ns)
+        self.seq_num += 1
+        return report.encode()
+
+
+def instrument_of(symbol: str) -> int:
+    """The instrument id in a FIX Symbol: its digits ("00000042" or "I0000042"); -1 if none."""
+    digits = symbol.lstrip("I")
+    return int(digits) if digits.isdigit() else -1
+
+
+PROTOCOL = FixOrders()

@@ -1,10 +1,13 @@
 """Byte layouts as data: a table of fields per message, from which the numpy
-structured dtype, the field offsets and the docs table all come.
+structured dtype, the struct packer, the field offsets and the docs table all come.
 
-All integers are little-endian. Gaps between fields are zero padding.
+A field's numpy format says its byte order: "<u2" little-endian, ">u2" big-endian (as
+real exchange protocols are). Fields may sit at any offset (packed, unaligned). Gaps
+between fields are zero padding.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +15,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from engine.protocol.errors import ProtocolError
 
-_TYPE_NAMES = {"u1": "u8", "<u2": "u16", "<u4": "u32", "<u8": "u64", "<i8": "i64"}
+_STRUCT_CODES = {("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q",
+                 ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
+
+
+def _big_endian(dtype: np.dtype) -> bool:
+    return dtype.itemsize > 1 and dtype.kind in "iu" and dtype != dtype.newbyteorder("<")
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,15 @@ class Field:
 
     @property
     def type_name(self) -> str:
-        return _TYPE_NAMES.get(self.format) or f"bytes[{self.size}]"
+        dtype = np.dtype(self.format)
+        if dtype.kind not in "iu":
+            return f"bytes[{self.size}]"
+        return f"{dtype.kind}{8 * dtype.itemsize}" + (" BE" if _big_endian(dtype) else "")
+
+    @property
+    def struct_code(self) -> str:
+        dtype = np.dtype(self.format)
+        return _STRUCT_CODES.get((dtype.kind, dtype.itemsize)) or f"{self.size}s"
 
 
 class Layout:
@@ -49,6 +65,25 @@ class Layout:
             "offsets": [f.offset for f in self.fields],
             "itemsize": size,
         })
+        self.struct = self._struct()
+        self._field_packers = {f.name: (struct.Struct((">" if _big_endian(np.dtype(f.format)) else "<")
+                                                      + f.struct_code), f.offset) for f in self.fields}
+
+    def _struct(self) -> struct.Struct:
+        """A struct.Struct with the fields in order and the padding as pad bytes."""
+        orders = {_big_endian(np.dtype(f.format)) for f in self.fields
+                  if np.dtype(f.format).kind in "iu" and np.dtype(f.format).itemsize > 1}
+        if len(orders) > 1:
+            raise ValueError(f"{self.name}: fields of both byte orders; one struct cannot pack them")
+        parts, at = [">" if orders == {True} else "<"], 0
+        for f in sorted(self.fields, key=lambda f: f.offset):
+            if f.offset > at:
+                parts.append(f"{f.offset - at}x")
+            parts.append(f.struct_code)
+            at = f.offset + f.size
+        if self.size > at:
+            parts.append(f"{self.size - at}x")
+        return struct.Struct("".join(parts))
 
     def offset(self, name: str) -> int:
         return self.dtype.fields[name][1]
@@ -59,6 +94,11 @@ class Layout:
         for name, value in values.items():
             record[name] = value
         return record.tobytes()
+
+    def put(self, buffer, name: str, value, at: int = 0) -> None:
+        """Write one field of the record at `at` in a writable buffer (its own byte order)."""
+        packer, offset = self._field_packers[name]
+        packer.pack_into(buffer, at + offset, value)
 
     def table(self) -> str:
         """The layout as a markdown table (offset, size, type, field, meaning)."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import Field, Layout, as_bytes_array, gather
+from engine.protocol.registry import MdProtocol
 
 MAGIC = b"WM"
 VERSION = 1
@@ -190,3 +191,42 @@ def _check_updates(updates, offset: int | None) -> None:
             raise ProtocolError(f"update {i} has action {update.action}, not 1 (set) or 2 (delete)", at)
     if updates[0].side != BID or updates[1].side != ASK:
         raise ProtocolError("the first two updates must be the best bid then the best ask", offset)
+
+
+class WmMarketData(MdProtocol):
+    name = "wm"
+    title = "the lab's market-data datagram (WM)"
+    framing = ("one message per UDP datagram: the header, then n_updates L2 update entries and "
+               "n_trades trade entries")
+    layouts = (HEADER, UPDATE, TRADE)
+    # the capture kernel's probe (lab/analysis/_kernels.c md_layout): magic, version and type as
+    # one LE u32 at 0, the offsets of length, seq, n_updates and n_trades, the bytes it reads, the sizes
+    kernel_probe = (
+        int.from_bytes(MAGIC + bytes([VERSION, MSG_TYPE_MD]), "little"),
+        HEADER.offset("length"), HEADER.offset("seq"), HEADER.offset("n_updates"), HEADER.offset("n_trades"),
+        max(HEADER.offset(name) + HEADER.dtype.fields[name][0].itemsize
+            for name in ("length", "seq", "n_updates", "n_trades")),
+        HEADER_SIZE, UPDATE_SIZE, TRADE_SIZE)
+    # the engine's book decoder (engine/_book.c set_layout)
+    book_layout = (
+        int.from_bytes(MAGIC, "little"), HEADER.offset("version"), VERSION, HEADER.offset("msg_type"), MSG_TYPE_MD,
+        *(HEADER.offset(name) for name in ("length", "venue", "seq", "instrument", "n_updates", "n_trades",
+                                            "send_ts_ns")),
+        HEADER_SIZE, UPDATE_SIZE, TRADE_SIZE, UPDATE.offset("side"), UPDATE.offset("action"), SET,
+        UPDATE.offset("price"), UPDATE.offset("qty"), TRADE.offset("price"), TRADE.offset("qty"))
+
+    def messages(self, data, offsets, lengths):
+        data, offsets, lengths = as_bytes_array(data), np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+        rows = np.flatnonzero(lengths >= HEADER_SIZE)
+        headers = decode_md_headers(data, offsets[rows])
+        ok = valid_md_headers(headers, lengths[rows])
+        return rows[ok], headers["seq"][ok].astype(np.int64)
+
+    def stamp(self, payload, seq=None, send_ts_ns=None) -> None:
+        if seq is not None:
+            HEADER.put(payload, "seq", seq)
+        if send_ts_ns is not None:
+            HEADER.put(payload, "send_ts_ns", send_ts_ns)
+
+
+PROTOCOL = WmMarketData()

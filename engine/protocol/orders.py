@@ -16,12 +16,12 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from engine.messages import BUY, DAY, IOC, SELL
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import Field, Layout, as_bytes_array, gather
+from engine.protocol.registry import OrderProtocol, VenueReplies, VenueRequest
 from engine.protocol.stream import StreamFrames, follow_chain
 
-BUY, SELL = 1, 2                 # FIX Side (54) codes
-DAY, IOC = 0, 3                  # FIX TimeInForce (59) codes
 FLAG_PREFIX_EARLY = 0x01         # the sender put the prefix on the wire before deciding
 
 NEW_ORDER_TYPE, CANCEL_TYPE, ACK_TYPE, FILL_TYPE, REJECT_TYPE = (ord(c) for c in "NCAFR")
@@ -284,3 +284,157 @@ def frame_order_stream(stream, start: int = 0) -> StreamFrames:
     return StreamFrames(offset=starts[chain], length=ends[chain] - starts[chain],
                         msg_type=data[starts[chain] + 2], consumed=consumed, stream_bytes=size,
                         error=error, error_offset=error_offset)
+
+
+def _int64_at(stream, offsets) -> np.ndarray:
+    """Little-endian 8-byte integers at each offset (all inside the stream), as int64."""
+    return gather(stream, offsets, np.dtype("<i8"))
+
+
+class BinaryOrders(OrderProtocol):
+    name = "binary"
+    title = "the lab's binary order entry"
+    framing = "every message starts with length u16 and msg_type u8; one size per type, 8-byte aligned"
+    sniff_bytes = HEADER_BYTES
+    prefix_bytes = NEW_ORDER_PREFIX_BYTES
+    layouts = (NEW_ORDER, CANCEL, ACK, FILL, REJECT)
+
+    def sniff(self, head: bytes) -> bool:
+        return (len(head) >= HEADER_BYTES and head[2] in (NEW_ORDER_TYPE, CANCEL_TYPE)
+                and head[0] | head[1] << 8 == SIZE_BY_TYPE[head[2]])
+
+    def frame(self, stream) -> StreamFrames:
+        return frame_order_stream(stream)
+
+    def new_orders(self, stream, frames, trigger_tag=None):
+        new = np.flatnonzero(frames.msg_type == NEW_ORDER_TYPE)
+        at = frames.offset[new]
+        return new, _int64_at(stream, at + NEW_ORDER_QTY_OFFSET), _int64_at(stream, at + NEW_ORDER_TRIGGER_SEQ_OFFSET)
+
+    def client(self, account: int, sender: str, target: str) -> BinaryClient:
+        return BinaryClient(account)
+
+    def server(self) -> BinaryServer:
+        return BinaryServer()
+
+    new_order_bytes = NEW_ORDER_SIZE
+
+    def synth_orders(self, order: dict, decided_ns, first_bit_ns) -> np.ndarray:
+        records = np.zeros(len(decided_ns), NEW_ORDER_DTYPE)
+        records["length"], records["msg_type"], records["time_in_force"] = NEW_ORDER_SIZE, NEW_ORDER_TYPE, IOC
+        for name in ("account", "client_order_id", "trigger_seq", "instrument", "side", "price", "qty"):
+            records[name] = order[name]
+        return records.view(np.uint8)
+
+    def synth_replies(self, order: dict, rejected, filled, venue_ts_ns):
+        first_len = np.where(rejected, REJECT.size, ACK.size)
+        fill_len = np.where(filled, FILL.size, 0)
+        rejects = np.zeros(int(rejected.sum()), REJECT_DTYPE)
+        rejects["length"], rejects["msg_type"] = REJECT.size, REJECT_TYPE
+        rejects["rejected_type"], rejects["reason"] = NEW_ORDER_TYPE, 3
+        rejects["client_order_id"], rejects["venue_ts_ns"] = order["client_order_id"][rejected], venue_ts_ns[rejected]
+        accepted = ~rejected
+        acks = np.zeros(int(accepted.sum()), ACK_DTYPE)
+        acks["length"], acks["msg_type"], acks["acked_type"] = ACK.size, ACK_TYPE, NEW_ORDER_TYPE
+        acks["client_order_id"] = order["client_order_id"][accepted]
+        acks["venue_order_id"], acks["venue_ts_ns"] = order["venue_order_id"][accepted], venue_ts_ns[accepted]
+        fills = np.zeros(int(filled.sum()), FILL_DTYPE)
+        fills["length"], fills["msg_type"] = FILL.size, FILL_TYPE
+        for name in ("side", "client_order_id", "venue_order_id", "exec_id", "price", "qty"):
+            fills[name] = order[name][filled]
+        fills["venue_ts_ns"] = venue_ts_ns[filled]
+        # Which record each stream byte belongs to: 0 reject, 1 ack, 2 fill, 3 none.
+        kind = np.repeat(np.stack([np.where(rejected, 0, 1), np.where(filled, 2, 3)], axis=1).ravel(),
+                         np.stack([first_len, fill_len], axis=1).ravel())
+        stream = np.zeros(kind.size, np.uint8)
+        for code, records in ((0, rejects), (1, acks), (2, fills)):
+            stream[kind == code] = records.view(np.uint8)
+        return stream, first_len, fill_len
+
+
+class BinaryClient:
+    """One session's binary order entry, as the engine's gateway sends it."""
+    _new_order, _cancel = NEW_ORDER.struct.pack, CANCEL.struct.pack
+    _ack, _fill, _reject = ACK.struct.unpack, FILL.struct.unpack, REJECT.struct.unpack
+
+    def __init__(self, account: int):
+        self.account = account
+
+    def order(self, wire_id, md_seq, instrument, side, tif, price, qty, primed: bool) -> tuple[bytes, int]:
+        if primed:
+            return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY, self.account, wire_id, md_seq,
+                                   instrument, side, tif, price, qty)[NEW_ORDER_PREFIX_BYTES:], NEW_ORDER_SIZE
+        return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, 0, self.account, wire_id, md_seq, instrument, side,
+                               tif, price, qty), NEW_ORDER_SIZE
+
+    def prefix(self, wire_id: int) -> bytes:
+        return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY, self.account, wire_id,
+                               0, 0, 0, 0, 0, 0)[:NEW_ORDER_PREFIX_BYTES]
+
+    def void(self, wire_id: int) -> bytes:
+        """The rest of the primed order, with quantity 0: the venue discards it."""
+        return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY, self.account, wire_id,
+                               0, 0, 0, 0, 0, 0)[NEW_ORDER_PREFIX_BYTES:]
+
+    def cancel(self, wire_id, md_seq, target_wire, instrument, side, qty) -> bytes:
+        return self._cancel(CANCEL.size, CANCEL_TYPE, 0, self.account, wire_id, md_seq, target_wire)
+
+    def replies(self, inbox) -> VenueReplies:
+        events, at, unexpected = [], 0, 0
+        while len(inbox) - at >= HEADER_BYTES:
+            length, kind = inbox[at] | inbox[at + 1] << 8, inbox[at + 2]
+            if length < MESSAGE_ALIGN or SIZE_BY_TYPE[kind] != length:
+                return VenueReplies(events, at, 1, unexpected, True)      # cannot be re-synchronised
+            if len(inbox) - at < length:
+                break
+            message = bytes(inbox[at:at + length])
+            if kind == ACK_TYPE:
+                _len, _type, acked, wire_id, venue_order, _ts = self._ack(message)
+                events.append(("X" if acked == CANCEL_TYPE else "A", wire_id, venue_order, 0, 0, 0, 0))
+            elif kind == FILL_TYPE:
+                _len, _type, side, wire_id, venue_order, _exec, price, qty, leaves, _ts = self._fill(message)
+                events.append(("F", wire_id, venue_order, side, price, qty, leaves))
+            elif kind == REJECT_TYPE:
+                events.append(("R", self._reject(message)[4], 0, 0, 0, 0, 0))
+            else:
+                unexpected += 1
+            at += length
+        return VenueReplies(events, at, 0, unexpected, False)
+
+
+class BinaryServer:
+    """One connection's binary order entry, as the venue reads it and answers."""
+
+    def message_size(self, inbox) -> int | None:
+        if len(inbox) < HEADER_BYTES:
+            return None
+        length, msg_type = inbox[0] | inbox[1] << 8, inbox[2]
+        if msg_type not in (NEW_ORDER_TYPE, CANCEL_TYPE):
+            raise ProtocolError(f"unknown order entry type {msg_type:#04x}")
+        if length != SIZE_BY_TYPE[msg_type]:
+            raise ProtocolError(f"order entry length {length} is not {SIZE_BY_TYPE[msg_type]}")
+        return length if len(inbox) >= length else None
+
+    def request(self, message: bytes) -> VenueRequest:
+        if message[2] == CANCEL_TYPE:
+            cancel = gather(message, [0], CANCEL_DTYPE)[0]
+            return VenueRequest("cancel", int(cancel["client_order_id"]), int(cancel["trigger_seq"]),
+                                orig_client_order_id=int(cancel["orig_client_order_id"]))
+        order = gather(message, [0], NEW_ORDER_DTYPE)[0]      # codes are the matching engine's to check
+        return VenueRequest("void" if order["qty"] == 0 else "new", int(order["client_order_id"]),
+                            int(order["trigger_seq"]), int(order["instrument"]), int(order["side"]),
+                            int(order["price"]), int(order["qty"]), int(order["time_in_force"]))
+
+    def reply(self, event) -> bytes:
+        if event.kind == "ack":
+            return Ack(NEW_ORDER_TYPE, event.client_order_id, event.venue_order_id, event.venue_ts_ns).encode()
+        if event.kind == "cancelled":
+            return Ack(CANCEL_TYPE, event.client_order_id, event.venue_order_id, event.venue_ts_ns).encode()
+        if event.kind == "fill":
+            return Fill(event.side, event.client_order_id, event.venue_order_id, event.exec_id, event.price,
+                        event.qty, event.leaves_qty, event.venue_ts_ns).encode()
+        request_type = NEW_ORDER_TYPE if event.request == "new" else CANCEL_TYPE
+        return Reject(request_type, event.reason, event.client_order_id, event.venue_ts_ns).encode()
+
+
+PROTOCOL = BinaryOrders()

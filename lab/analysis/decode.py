@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from engine.protocol import md as md_format
+from engine.protocol.registry import DEFAULT_MD, md_protocol
 from lab.analysis import _kernels
 
 # --- status of a decoded row ------------------------------------------------
@@ -105,17 +105,10 @@ _KERNEL_COLUMNS = {
     "tcp_flags": np.uint16, "payload_offset": np.int64, "payload_len": np.int32, "payload_caplen": np.int32,
 }
 
-# The WM market-data header fields that tell a datagram from other UDP (engine.protocol.md):
-# the kernel checks magic, version and type, at least the best bid and ask, and the length
-# field equal to both the entry counts and the UDP payload (engine.protocol.md.valid_md_headers).
-_MD = md_format.HEADER
-assert [_MD.offset(name) for name in ("magic", "version", "msg_type")] == [0, 2, 3]
-MD_LAYOUT = (
-    int.from_bytes(md_format.MAGIC + bytes([md_format.VERSION, md_format.MSG_TYPE_MD]), "little"),
-    _MD.offset("length"), _MD.offset("seq"), _MD.offset("n_updates"), _MD.offset("n_trades"),
-    max(_MD.offset(name) + size for name, size in (("length", 2), ("seq", 8), ("n_updates", 2), ("n_trades", 2))),
-    md_format.HEADER_SIZE, md_format.UPDATE_SIZE, md_format.TRADE_SIZE,
-)
+# How the kernel tells a market-data datagram from other UDP, and reads its seq: the WM
+# declaration's probe (engine.protocol.md; magic, version and type, at least the best bid and
+# ask, and the length field equal to both the entry counts and the UDP payload).
+MD_LAYOUT = md_protocol(DEFAULT_MD).kernel_probe
 
 
 class Workspace:

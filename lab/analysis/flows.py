@@ -3,7 +3,7 @@ unfinished bytes from one part to the next, so memory does not grow with the fil
 
 `lab measure` hands the TCP segments of each part (an "epoch" of packets) to
 `OrderFlows.add`. Every flow is reassembled (lab.analysis.reassembly) and framed
-(binary order entry, or FIX 4.2 when the stream starts with "8=FIX"); whole
+(by the order protocol its first bytes name: engine.protocol.registry); whole
 messages become order rows. What a later part may still need is carried:
 - the segments holding bytes past the last whole message (an incomplete message,
   or bytes beyond a hole), trimmed to start there;
@@ -21,15 +21,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from engine.protocol import orders as order_format
-from engine.protocol.fix import ORDER_QTY_TAG, TRIGGER_SEQ_TAG, fix_tag_values, frame_fix_stream
+from engine.protocol import registry
 from lab.analysis import convention
 from lab.analysis.gather import gather_ragged
 from lab.analysis.match import FIX_TAG, MatchMode
 from lab.analysis.reassembly import Segments, reassemble
 
-FIX_START = b"8=FIX"
-BINARY, FIX = "binary", "fix"
 _WRAP = 1 << 32
 
 # one row per TCP segment, as lab.analysis.measure collects them
@@ -52,7 +49,7 @@ class OrderFlows:
     def __init__(self, match: MatchMode, line_rate_bps: int | None):
         self.match, self.line_rate_bps = match, line_rate_bps
         self.ids: dict[tuple[int, int], int] = {}       # (src+dst IP, src+dst port) -> flow id
-        self.kind: list[str | None] = []
+        self.protocol: list[registry.OrderProtocol | None] = []   # per flow, once sniffed
         self.offset: list[int] = []         # stream offset of the first byte still wanted
         self.anchor: list[int | None] = []  # its TCP seq, once a part has been read
         self.hole_at: list[int] = []        # stream offset of a hole seen at the last part's end, or -1
@@ -82,7 +79,7 @@ class OrderFlows:
             key = (int(key_ips[row]), int(key_ports[row]))
             if key not in self.ids:
                 self.ids[key] = len(self.ids)
-                self.kind.append(None)
+                self.protocol.append(None)
                 self.offset.append(0)
                 self.anchor.append(None)
                 self.hole_at.append(-1)
@@ -147,29 +144,21 @@ class OrderFlows:
         """Whole messages of flow f's usable stream: (order rows or None, stream bytes used up)."""
         if self.stopped[f] or stream.size == 0:
             return None, 0
-        if self.kind[f] is None:
-            if stream.size < len(FIX_START) and not final:
-                return None, 0                              # too little to tell FIX from binary yet
-            self.kind[f] = FIX if stream[:len(FIX_START)].tobytes() == FIX_START else BINARY
-        is_fix = self.kind[f] == FIX
-        frames = frame_fix_stream(stream) if is_fix else order_format.frame_order_stream(stream)
+        if self.protocol[f] is None:
+            need = registry.sniff_bytes()
+            if stream.size < need and not final:
+                return None, 0                              # too little to tell the protocols apart yet
+            self.protocol[f] = registry.sniff_orders(stream[:need].tobytes())
+        frames = self.protocol[f].frame(stream)
         if frames.error:
             self.framing_errors.append({"flow": f, "offset": self.offset[f] + frames.error_offset,
                                         "error": frames.error})
             self.stopped[f] = True
-        if is_fix:
-            new = np.flatnonzero(frames.msg_type == ord("D"))
-            qty = fix_tag_values(stream, frames.offset[new], frames.length[new], ORDER_QTY_TAG)
-        else:
-            new = np.flatnonzero(frames.msg_type == order_format.NEW_ORDER_TYPE)
-            qty = _u64_at(stream, frames.offset[new] + order_format.NEW_ORDER_QTY_OFFSET)
+        new, qty, trigger = self.protocol[f].new_orders(
+            stream, frames, self.match.fix_tag if self.match.kind == FIX_TAG else None)
         self.voids += int(np.count_nonzero(qty == 0))
-        new = new[qty != 0]               # quantity 0 completes a started message without trading: a void
-        if is_fix:
-            tag = self.match.fix_tag if self.match.kind == FIX_TAG else TRIGGER_SEQ_TAG
-            trigger = fix_tag_values(stream, frames.offset[new], frames.length[new], tag)
-        else:
-            trigger = _u64_at(stream, frames.offset[new] + order_format.NEW_ORDER_TRIGGER_SEQ_OFFSET)
+        trading = qty != 0                # quantity 0 completes a started message without trading: a void
+        new, trigger = new[trading], trigger[trading]
         rows = {"flow": np.full(new.size, f, np.int64), "offset": frames.offset[new],
                 "length": frames.length[new], "trigger_seq": trigger}
         return rows, frames.consumed
@@ -219,9 +208,3 @@ class OrderFlows:
         carry["where"] = where
         self.carry, self.carry_payload, self.carry_overlap = carry, payload, overlap
         self.carried_peak = max(self.carried_peak, payload.size)
-
-
-def _u64_at(stream: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Little-endian u64 at each offset (all inside the stream), as int64."""
-    words, _ = gather_ragged(stream, offsets, np.full(offsets.size, 8, np.int64))
-    return words.view("<i8")

@@ -25,8 +25,6 @@ import struct
 
 import numpy as np
 
-from engine.protocol import fix
-from engine.protocol import orders as wire
 from lab.capture.records import PacketBatch
 from lab.venue.gateway import Read
 
@@ -55,10 +53,6 @@ def udp_frame(src: int, dst: int, payload: bytes) -> bytes:
 def tcp_frame(src: int, dst: int, seq: int, flags: int, payload: bytes = b"") -> bytes:
     header = TCP.pack(src, dst, seq & 0xFFFFFFFF, 0, 8 << 4, flags, 65535, 0, 0) + TCP_TIMESTAMPS
     return _ipv4(6, header + payload)
-
-
-def prefix_bytes(orders_protocol: str) -> int:
-    return fix.NEW_ORDER_SINGLE_PREFIX_BYTES if orders_protocol == "fix" else wire.NEW_ORDER_PREFIX_BYTES
 
 
 def order_pieces(reads: list[Read], records: np.ndarray, prefix: int | None):

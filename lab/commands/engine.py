@@ -16,7 +16,8 @@ def register(sub):
 
 def run(args) -> int:
     from engine.queues import QueueError
-    from engine.runner import ConfigError, Engine, parse_config
+    from engine.runner import ConfigError, Engine, parse_config, start_engine_process
+    start_engine_process()
     try:
         with open(args.config, "rb") as f:
             config = parse_config(f.read().decode("utf-8", errors="strict"))

@@ -5,6 +5,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from engine.protocol.registry import DEFAULT_ORDERS, order_protocol_names
 from lab.runner import CAPTURES, MODELS, REAL_STRATEGIES, RunOptions, run as run_experiment
 from lab.arguments import bounded, comma_list, positive_int
 from lab.progress import ProgressBar
@@ -36,7 +37,7 @@ def register(sub):
                    help=f"the engine's trade models on each venue (default {','.join(MODELS)}). join-the-touch "
                         "re-prices by cancel, then a new order once the cancel is confirmed: that order waits a "
                         "venue round trip")
-    p.add_argument("--orders", choices=("binary", "fix"), default="binary", help="order entry protocol")
+    p.add_argument("--orders", choices=order_protocol_names(), default=DEFAULT_ORDERS, help="order entry protocol")
     p.add_argument("--queue-model", choices=("risk-averse", "power-law"), default="risk-averse",
                    help="the venues' queue-position model for resting orders")
     p.add_argument("--feed", default="synthetic", metavar="synthetic|log:PATH|pcap:PATH",

@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 
+from engine.protocol.registry import DEFAULT_ORDERS, order_protocol_names
 from lab.arguments import positive_int
 from lab.errors import LabError
-from lab.synth import CONVENTIONS, ORDER_FORMATS, TRUTH_COLUMNS, SynthConfig, synthesize, write_capture, write_truth
+from lab.synth import CONVENTIONS, TRUTH_COLUMNS, SynthConfig, synthesize, write_capture, write_truth
 from lab.table import render
 from simulator.units import UnitError, format_rate, parse_rate
 
@@ -35,7 +36,7 @@ def register(sub):
                         "inbound at the last bit, outbound at the first bit")
     p.add_argument("--line-rate", type=_rate, default=10**10, metavar="RATE",
                    help="the tap's link rate, e.g. 10Gbps (default), 1Gbps, 100Mbps")
-    p.add_argument("--orders", choices=ORDER_FORMATS, default="binary",
+    p.add_argument("--orders", choices=order_protocol_names(), default=DEFAULT_ORDERS,
                    help="order entry protocol on the TCP connection (default binary)")
     p.add_argument("--truth", metavar="FILE.csv",
                    help=f"write the known latencies per trigger: {', '.join(TRUTH_COLUMNS)}")

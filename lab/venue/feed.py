@@ -15,14 +15,13 @@ venue gateway's poll), so one loop serves the feed and the order gateway.
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.net import enable_tx_stamps, tx_stamps
-from engine.protocol.md import HEADER
+from engine.protocol.registry import DEFAULT_MD, md_protocol
 from lab.analysis.stats import PERCENTILES, nearest_rank
 from lab.venue.market import Feed, FeedError
 
@@ -32,8 +31,6 @@ COLLECT_EVERY = 64               # drain the error queues after this many sends 
 ERRQUEUE_BYTES = 1 << 22
 PROGRESS_EVERY, PROGRESS_NS = 1000, 250_000_000
 LAST_STAMPS_WAIT_NS = 50_000_000  # after the last send, how long to wait for missing TX stamps
-SEND_TS = struct.Struct("<q")
-SEND_TS_OFFSET = HEADER.offset("send_ts_ns")
 
 
 @dataclass
@@ -65,9 +62,11 @@ class Delivery:
 
 
 class FeedPublisher:
-    """UDP senders to the engine's feed sockets, one per venue: {venue: (host, port)}."""
+    """UDP senders to the engine's feed sockets, one per venue: {venue: (host, port)}. Each
+    datagram gets the sender's clock (the MD protocol's stamp) as it goes."""
 
-    def __init__(self, destinations: dict[int, tuple[str, int]]):
+    def __init__(self, destinations: dict[int, tuple[str, int]], protocol: str = DEFAULT_MD):
+        self.protocol = md_protocol(protocol)
         self.sockets: dict[int, socket.socket] = {}
         self.sent: dict[int, list[int]] = {}          # venue -> index of each datagram the kernel took (-1: done)
         self.kernel_tx: dict[int, int] = {}           # send index -> kernel TX ns
@@ -129,7 +128,7 @@ class FeedPublisher:
             self._wait_until(due, idle)
             payload = bytearray(feed.payloads[i])
             now = time.time_ns()
-            SEND_TS.pack_into(payload, SEND_TS_OFFSET, now)
+            self.protocol.stamp(payload, send_ts_ns=now)
             self.send(i, venues[i], payload)
             app[i] = now
             if sent is not None:

@@ -1,8 +1,8 @@
 """The venue's order gateway: a TCP server on loopback in front of the matching engine.
 
 One engine connection at a time (another one is accepted and closed at once;
-a reconnect after a disconnect works). Order entry is binary
-(engine.protocol.orders) or FIX 4.2 fixed width (engine.protocol.fix).
+a reconnect after a disconnect works). Order entry is any registered order
+protocol (engine.protocol.registry): its server frames, decodes and answers.
 
 Every recvmsg() comes with the kernel's software RX stamp of the last segment
 it read. A message's `last_byte_rx_ns` is the stamp of the read that delivered
@@ -18,7 +18,7 @@ the gateway's rules then use its own clock at the read.
   connection (`timeout`) or handled as if it arrived `partial_penalty_ns` after
   its completion (`penalise`, the default, with no penalty: the engine's primed
   prefix may legitimately wait until the next trigger).
-- An unknown type, a wrong length or a bad FIX message closes the connection
+- A message the protocol cannot frame or decode closes the connection
   (`malformed`): a byte stream cannot be re-synchronised.
 - Fills of resting orders caused by the venue's feed (`matching.on_feed`, by
   whoever calls it) are sent to the connection: the gateway is the matching
@@ -42,21 +42,13 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.net import enable_rx_stamps, recv_stamped
-from engine.protocol import fix
-from engine.protocol import orders as wire
 from engine.protocol.errors import ProtocolError
-from engine.protocol.layout import gather
+from engine.protocol.registry import DEFAULT_ORDERS, order_protocol
 from lab.venue.matching import Event, MatchingEngine, VenueError
 
-PROTOCOLS = ("binary", "fix")
 PARTIAL_RULES = ("timeout", "penalise")
 RECV_BYTES = 1 << 16
 MAX_OUTPUT_BYTES = 4 << 20          # replies waiting for a client that does not read, before it is dropped
-CLIENT_TYPES = (wire.NEW_ORDER_TYPE, wire.CANCEL_TYPE)
-FIX_START = b"8=FIX.4.2" + fix.SOH + b"9="
-FIX_LENGTH_DIGITS = 3
-FIX_SIZES = (fix.NEW_ORDER_SINGLE_SIZE, fix.ORDER_CANCEL_REQUEST_SIZE)
-FIX_REPORT_TYPES = {"ack": "0", "cancelled": "4", "reject": "8"}   # a fill is 1 (partial) or 2
 
 RECORD_DTYPE = np.dtype([
     ("venue", "<u2"), ("kind", "S6"),                      # new, cancel, void
@@ -68,18 +60,6 @@ RECORD_DTYPE = np.dtype([
     ("outcome", "S9"),                                     # acked, rejected, cancelled, void
     ("filled_qty", "<i8"), ("reject_reason", "<u4"),
 ])
-
-
-class _Request(NamedTuple):
-    kind: str                         # new, cancel, void
-    client_order_id: int
-    trigger_seq: int
-    instrument: int = 0
-    side: int = 0
-    price: int = 0
-    qty: int = 0
-    time_in_force: int = 0
-    orig_client_order_id: int = 0     # a cancel's target
 
 
 class Read(NamedTuple):
@@ -112,25 +92,26 @@ class _Connection:
     first_seen_ns: int = 0            # the same, or the gateway's clock at that read
     segments: int = 0                 # reads that brought the message at the head of inbox
     outbox: bytearray = field(default_factory=bytearray)   # replies the kernel has not taken yet
-    fix_seq: int = 1                  # next MsgSeqNum we send
-    fix_ids: tuple[str, str] = ("VENUE001", "WIRELAB1")   # our CompID, theirs
+    server: object = None             # the protocol's framer, decoder and encoder for this connection
 
 
 class OrderGateway:
-    def __init__(self, venue: int, matching: MatchingEngine, protocol: str = "binary", host: str = "127.0.0.1",
+    def __init__(self, venue: int, matching: MatchingEngine, protocol: str = DEFAULT_ORDERS, host: str = "127.0.0.1",
                  port: int = 0, partial_timeout_ns: int = 1_000_000_000, partial_rule: str = "penalise",
                  partial_penalty_ns: int = 0, keep_reads: bool = False, max_output_bytes: int = MAX_OUTPUT_BYTES):
         """keep_reads: keep every read's bytes (`reads`), for a capture rebuilt from the sockets' stamps.
 
         max_output_bytes: the most replies a connection may leave unread before it is disconnected.
         """
-        if protocol not in PROTOCOLS:
-            raise VenueError(f"order entry protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        try:
+            self.order_protocol = order_protocol(protocol)
+        except ProtocolError as exc:
+            raise VenueError(str(exc)) from None
         if partial_rule not in PARTIAL_RULES:
             raise VenueError(f"partial-message rule must be one of {PARTIAL_RULES}, got {partial_rule!r}")
         if max_output_bytes < 1:
             raise VenueError(f"max_output_bytes must be at least 1, got {max_output_bytes}")
-        self.venue, self.matching, self.protocol = venue, matching, protocol
+        self.venue, self.matching = venue, matching
         self.partial_timeout_ns, self.partial_rule = partial_timeout_ns, partial_rule
         self.partial_penalty_ns = partial_penalty_ns
         self.max_output_bytes = max_output_bytes
@@ -216,7 +197,7 @@ class OrderGateway:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         enable_rx_stamps(sock)
         self._connections += 1
-        self._conn = _Connection(sock, self._connections, peer[1])
+        self._conn = _Connection(sock, self._connections, peer[1], server=self.order_protocol.server())
         self.accepted_ns[peer[1]] = time.time_ns()
         self._selector.register(sock, selectors.EVENT_READ)
         self.counts["connections"] += 1
@@ -272,7 +253,7 @@ class OrderGateway:
         handled = 0
         while self._conn is conn and conn.inbox:
             try:
-                size = self._message_size(conn.inbox)
+                size = conn.server.message_size(conn.inbox)
             except ProtocolError:
                 self.counts["malformed"] += 1
                 self._disconnect(conn)
@@ -296,38 +277,11 @@ class OrderGateway:
                 handled += 1
         return handled
 
-    def _message_size(self, inbox: bytearray) -> int | None:
-        """Bytes of the message at the start of inbox; None if its header is not all here yet."""
-        if self.protocol == "binary":
-            if len(inbox) < wire.HEADER_BYTES:
-                return None
-            length, msg_type = inbox[0] | inbox[1] << 8, inbox[2]
-            if msg_type not in CLIENT_TYPES:
-                raise ProtocolError(f"unknown order entry type {msg_type:#04x}")
-            if length != wire.SIZE_BY_TYPE[msg_type]:
-                raise ProtocolError(f"order entry length {length} is not {wire.SIZE_BY_TYPE[msg_type]}")
-            return length if len(inbox) >= length else None
-        start = bytes(inbox[:len(FIX_START)])
-        if not FIX_START.startswith(start):
-            raise ProtocolError("bytes that do not start a FIX 4.2 message")
-        end_of_length = inbox.find(fix.SOH, len(FIX_START), len(FIX_START) + FIX_LENGTH_DIGITS + 1)
-        if end_of_length < 0:
-            if len(inbox) > len(FIX_START) + FIX_LENGTH_DIGITS:
-                raise ProtocolError("FIX BodyLength is not 3 digits")
-            return None
-        digits = bytes(inbox[len(FIX_START):end_of_length])
-        if not digits.isdigit():
-            raise ProtocolError(f"FIX BodyLength {digits!r} is not a number")
-        size = end_of_length + 1 + int(digits) + len(b"10=000") + 1
-        if size not in FIX_SIZES:
-            raise ProtocolError(f"FIX message of {size} bytes is neither a NewOrderSingle nor a cancel")
-        return size if len(inbox) >= size else None
-
     # -- one message -------------------------------------------------------------------------
     def _handle(self, conn: _Connection, message: bytes, arrival: _Arrival) -> bool:
         """Give one complete message to the matching engine and answer it. False if malformed."""
         try:
-            request = self._decode(conn, message)
+            request = conn.server.request(message)
         except ProtocolError:
             self.counts["malformed"] += 1
             self._disconnect(conn)
@@ -347,27 +301,6 @@ class OrderGateway:
             self._send(conn, events)
         return True
 
-    def _decode(self, conn: _Connection, message: bytes) -> _Request:
-        if self.protocol == "binary":
-            if message[2] == wire.CANCEL_TYPE:
-                cancel = gather(message, [0], wire.CANCEL_DTYPE)[0]
-                return _Request("cancel", int(cancel["client_order_id"]), int(cancel["trigger_seq"]),
-                                orig_client_order_id=int(cancel["orig_client_order_id"]))
-            order = gather(message, [0], wire.NEW_ORDER_DTYPE)[0]      # codes are the matching engine's to check
-            return _Request("void" if order["qty"] == 0 else "new", int(order["client_order_id"]),
-                            int(order["trigger_seq"]), int(order["instrument"]), int(order["side"]),
-                            int(order["price"]), int(order["qty"]), int(order["time_in_force"]))
-        decoded = fix.decode_fix(message)
-        if isinstance(decoded, fix.ExecutionReport):
-            raise ProtocolError("an ExecutionReport from the client")
-        conn.fix_ids = (decoded.target, decoded.sender)
-        if isinstance(decoded, fix.OrderCancelRequest):
-            return _Request("cancel", decoded.client_order_id, decoded.trigger_seq,
-                            orig_client_order_id=decoded.orig_client_order_id)
-        return _Request("void" if decoded.qty == 0 else "new", decoded.client_order_id, decoded.trigger_seq,
-                        _instrument_of(decoded.symbol), decoded.side, decoded.price, decoded.qty,
-                        decoded.time_in_force)
-
     # -- answering ---------------------------------------------------------------------------
     def _on_feed_events(self, events: list[Event]) -> None:
         """Fills of resting orders the venue's feed caused (the matching engine's listener)."""
@@ -376,8 +309,7 @@ class OrderGateway:
 
     def _send(self, conn: _Connection, events: list[Event]) -> None:
         """Queue the replies and send what the kernel takes now; never waits."""
-        encode = _binary_reply if self.protocol == "binary" else self._fix_reply
-        conn.outbox += b"".join(encode(conn, event) for event in events)
+        conn.outbox += b"".join(conn.server.reply(event) for event in events)
         self._flush(conn)
         if self._conn is conn and len(conn.outbox) > self.max_output_bytes:
             self.counts["slow_consumer_disconnects"] += 1
@@ -396,33 +328,6 @@ class OrderGateway:
         if self._selector.get_key(conn.sock).events != events:
             self._selector.modify(conn.sock, events)
 
-    def _fix_reply(self, conn: _Connection, event: Event) -> bytes:
-        if event.kind == "fill":
-            status = "1" if event.leaves_qty else "2"
-        else:
-            status = FIX_REPORT_TYPES[event.kind]
-        sender, target = conn.fix_ids
-        report = fix.ExecutionReport(
-            sender, target, conn.fix_seq, time.time_ns(), event.venue_order_id, event.client_order_id,
-            event.exec_id, status, status, f"{max(event.instrument, 0):08d}", event.side, max(event.order_qty, 0),
-            event.qty, event.price if event.kind == "fill" else 0, event.leaves_qty, event.cum_qty,
-            event.avg_price, event.venue_ts_ns)
-        conn.fix_seq += 1
-        return report.encode()
-
-
-def _binary_reply(_conn: _Connection, event: Event) -> bytes:
-    request_type = wire.NEW_ORDER_TYPE if event.request == "new" else wire.CANCEL_TYPE
-    if event.kind == "ack":
-        return wire.Ack(wire.NEW_ORDER_TYPE, event.client_order_id, event.venue_order_id, event.venue_ts_ns).encode()
-    if event.kind == "cancelled":
-        return wire.Ack(wire.CANCEL_TYPE, event.client_order_id, event.venue_order_id, event.venue_ts_ns).encode()
-    if event.kind == "fill":
-        return wire.Fill(event.side, event.client_order_id, event.venue_order_id, event.exec_id, event.price,
-                         event.qty, event.leaves_qty, event.venue_ts_ns).encode()
-    return wire.Reject(request_type, event.reason, event.client_order_id, event.venue_ts_ns).encode()
-
-
 def _outcome(kind: str, events: list[Event]) -> tuple[str, int, int]:
     """(outcome, qty filled at once, reject reason) of one request."""
     if kind == "void":
@@ -432,9 +337,3 @@ def _outcome(kind: str, events: list[Event]) -> tuple[str, int, int]:
     if reject:
         return "rejected", 0, reject
     return ("acked" if kind == "new" else "cancelled"), filled, 0
-
-
-def _instrument_of(symbol: str) -> int:
-    """The instrument id in a FIX Symbol: its digits ("00000042" or "I0000042"); -1 if none."""
-    digits = symbol.lstrip("I")
-    return int(digits) if digits.isdigit() else -1

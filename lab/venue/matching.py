@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.protocol import md
-from engine.protocol.orders import BUY, DAY, IOC, SELL
+from engine.messages import BUY, DAY, IOC, SELL
 from lab.errors import LabError
 
 # reject reasons (the binary Reject's `reason`, nonzero)

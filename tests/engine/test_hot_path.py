@@ -8,7 +8,7 @@ import numpy as np
 from engine.clock import tsc
 from engine.gateway import ACCOUNT, REQUEST
 from engine.messages import IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST
-from engine.protocol.orders import IOC
+from engine.messages import IOC
 from engine.runner import Engine, parse_config
 from test_engine_e2e import free_port
 from test_persistence import market

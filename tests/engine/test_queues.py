@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine import _native
-from engine.messages import ACTORS, KINDS, TIMING, struct_of, timing_word
+from engine.messages import ACTORS, KINDS, TIMING, timing_word
 from engine.queues import Queue, QueueError, SeqlockVector
 
 WORDS = 30
@@ -139,7 +139,7 @@ def test_publish_takes_bytes_buffers_and_records_and_checks_the_size():
 
 
 def test_publish_words_writes_what_the_timing_layout_packs():
-    timing = struct_of(TIMING)
+    timing = TIMING.struct
     with Queue(unique("words"), TIMING.dtype, capacity=8) as q:
         c, p = q.consumer(), q.producer()
         word = timing_word("overseer", "order_request")

@@ -200,3 +200,18 @@ def test_every_size_is_a_multiple_of_eight():
     assert {layout.size % 8 for layout in orders.LAYOUTS.values()} == {0}
     assert {t: layout.size for t, layout in orders.LAYOUTS.items()} == {
         NEW_ORDER_TYPE: 48, CANCEL_TYPE: 32, ACK_TYPE: 32, FILL_TYPE: 64, REJECT_TYPE: 24}
+
+
+def test_a_big_endian_packed_layout_packs_as_the_spec_writes_it():
+    """Real exchange protocols are big-endian and packed: the struct and the dtype agree with
+    int.to_bytes, field by field, at unaligned offsets."""
+
+    from engine.protocol.layout import Field, Layout
+    layout = Layout("toy", 15, [Field("type", 0, "S1", ""), Field("locate", 1, ">u2", ""),
+                                Field("seq", 3, ">u8", ""), Field("shares", 11, ">u4", "")])
+    expected = b"A" + (513).to_bytes(2, "big") + (2**40 + 7).to_bytes(8, "big") + (300).to_bytes(4, "big")
+    assert layout.struct.pack(b"A", 513, 2**40 + 7, 300) == expected
+    assert layout.pack(type=b"A", locate=513, seq=2**40 + 7, shares=300) == expected
+    assert [f.type_name for f in layout.fields] == ["bytes[1]", "u16 BE", "u64 BE", "u32 BE"]
+    with pytest.raises(ValueError, match="both byte orders"):
+        Layout("mixed", 4, [Field("a", 0, "<u2", ""), Field("b", 2, ">u2", "")])

@@ -2,9 +2,17 @@
 import re
 from pathlib import Path
 
-from engine.protocol import fix, md, orders
+from engine.protocol import docs, fix, md, orders
+from engine.protocol.registry import protocols
 
 DOC = (Path(__file__).parents[3] / "docs" / "protocol.md").read_text()
+
+
+def test_the_generated_tables_are_what_the_declarations_say():
+    """Regenerate with `python -m engine.protocol.docs docs/protocol.md`."""
+    assert docs.render(DOC) == DOC
+    keys = {m.group("key") for m in docs.REGION.finditer(DOC)}
+    assert keys == {"protocols"} | {f"{p.name}/{layout.name}" for p in protocols() for layout in p.layouts}
 
 
 def test_every_layout_table_is_in_the_docs():

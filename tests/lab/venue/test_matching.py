@@ -4,7 +4,7 @@ import random
 import pytest
 
 from engine.protocol import md
-from engine.protocol.orders import BUY, DAY, IOC, SELL
+from engine.messages import BUY, DAY, IOC, SELL
 from lab.errors import LabError
 from lab.venue.matching import (REJECT_BAD_FIELD, REJECT_BAD_QTY, REJECT_DUPLICATE_ID, REJECT_UNKNOWN_INSTRUMENT,
                                 REJECT_UNKNOWN_ORDER, MatchingEngine, PowerLaw, RiskAverse, VenueError,

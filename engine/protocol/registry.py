@@ -1,0 +1,208 @@
+"""The protocols by name: each wire-protocol module declares one protocol object and registers it.
+
+Everything outside engine/protocol/ receives a protocol object and calls it: nothing else
+compares a protocol's name. An order protocol (OrderProtocol) is an order-entry stream over
+TCP, as the engine's gateway, the venue's gateway, `lab synth` and `lab measure` use it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+from engine.protocol.errors import ProtocolError
+
+_ORDERS: dict[str, OrderProtocol] = {}
+_MD: dict[str, MdProtocol] = {}
+DEFAULT_ORDERS = "binary"        # what a stream that no protocol recognises is framed as
+DEFAULT_MD = "wm"
+_BUILT_IN = ("engine.protocol.md", "engine.protocol.orders", "engine.protocol.fix")   # each has a PROTOCOL
+_loaded = False
+
+
+class MdProtocol:
+    """A market-data protocol: messages in UDP datagrams, each message with its own sequence
+    number. A module declares one subclass instance.
+
+    Declared as data: `name`, `title`, `framing` (how messages are found in a datagram),
+    `layouts` (the message tables), `seq_field`/`send_ts_field` (the fields the venue's feed
+    stamps as it sends), and `kernel_probe`: for a protocol of one message per datagram, the
+    offsets that let the capture kernel (lab/analysis/_kernels.c) read the seq as it decodes
+    the packet headers, or None.
+    """
+    name: str = ""
+    title: str = ""
+    transport = "udp"
+    framing = ""
+    layouts: tuple = ()
+    kernel_probe: tuple | None = None
+
+    def messages(self, data, offsets, lengths):
+        """Every message of the datagrams whose payloads are data[offsets:offsets + lengths],
+        vectorised: (index of the datagram each came in, its seq) as int64 arrays. A payload
+        that is not this protocol's has no messages."""
+        raise NotImplementedError
+
+    def stamp(self, payload: bytearray, seq: int | None = None, send_ts_ns: int | None = None) -> None:
+        """Write the datagram's seq (its first message's) and the sender's clock into `payload`."""
+        raise NotImplementedError
+
+
+class OrderProtocol:
+    """An order-entry protocol over a TCP byte stream. A module declares one subclass instance.
+
+    Declared as data: `name`, `title`, `layouts` (the message tables), `sniff_bytes` (how much of
+    a stream's start `sniff` needs) and `prefix_bytes` (a new order's decision-free prefix, which
+    tcp-prefix sends early). The methods are what lab measure, lab synth and the two gateways call.
+    """
+    name: str = ""
+    title: str = ""
+    transport = "tcp"
+    framing = ""                  # one line: how messages are found in the stream
+    sniff_bytes = 0
+    prefix_bytes = 0
+    layouts: tuple = ()           # objects with .name and .table() (markdown)
+
+    # -- lab measure ---------------------------------------------------------------------------
+    def sniff(self, head: bytes) -> bool:
+        """Does a stream starting with `head` (sniff_bytes of it, or all there is) look like this?"""
+        raise NotImplementedError
+
+    def frame(self, stream):
+        """Cut a reassembled stream into messages: an engine.protocol.stream.StreamFrames."""
+        raise NotImplementedError
+
+    def new_orders(self, stream, frames, trigger_tag: int | None = None):
+        """(frame indices of new orders, their quantities, their trigger MD seqs, -1 if none) as
+        int64 arrays. `trigger_tag` names another field holding the trigger, where the protocol
+        has such fields (FIX tags)."""
+        raise NotImplementedError
+
+    # -- the engine's gateway --------------------------------------------------------------------
+    def client(self, account: int, sender: str, target: str):
+        """One session's order entry, as the engine sends it: an object with
+        order(wire_id, md_seq, instrument, side, tif, price, qty, primed) -> (bytes to send, message bytes),
+        prefix(wire_id), void(wire_id), cancel(wire_id, md_seq, target_wire, instrument, side, qty),
+        and replies(inbox) -> VenueReplies."""
+        raise NotImplementedError
+
+    # -- the venue's gateway -------------------------------------------------------------------
+    def server(self):
+        """One connection's order entry, as the venue reads it: an object with
+        message_size(inbox) -> bytes of the message at its start, None if not all there yet
+        (ProtocolError if it cannot be a client's message), request(message) -> VenueRequest
+        (ProtocolError if malformed), and reply(event) -> bytes for a matching-engine event
+        (kind ack, cancelled, fill or reject; request new or cancel; ids, side, price, qty,
+        leaves_qty, cum_qty, avg_price, order_qty, instrument, reason, venue_ts_ns)."""
+        raise NotImplementedError
+
+    # -- lab synth ---------------------------------------------------------------------------
+    new_order_bytes = 0           # the size of every new order lab synth writes
+
+    def synth_orders(self, order: dict, decided_ns, first_bit_ns):
+        """New orders, back to back, as one uint8 array. `order` holds a column (or one value)
+        per field: account, client_order_id, trigger_seq, instrument, side, price, qty."""
+        raise NotImplementedError
+
+    def synth_replies(self, order: dict, rejected, filled, venue_ts_ns):
+        """The venue's answer to each order, back to back: a reject, an ack, or an ack then a fill
+        (`order` adds venue_order_id and exec_id). Returns (uint8 stream, bytes of each order's
+        first reply, bytes of its fill or 0)."""
+        raise NotImplementedError
+
+
+class VenueRequest(NamedTuple):
+    """A client's message as the venue's matching engine takes it."""
+    kind: str                         # new, cancel, void (a new order of quantity 0)
+    client_order_id: int
+    trigger_seq: int
+    instrument: int = 0
+    side: int = 0
+    price: int = 0
+    qty: int = 0
+    time_in_force: int = 0
+    orig_client_order_id: int = 0     # a cancel's target
+
+
+class VenueReplies(NamedTuple):
+    """What the venue's bytes in a session's inbox said, for the engine's gateway."""
+    events: list          # (kind, wire id, venue order id, side, price, qty, leaves qty); kind is
+    #                       A accepted, F fill, X cancelled or expired, R rejected
+    consumed: int         # inbox bytes used up
+    malformed: int        # messages that could not be decoded
+    unexpected: int       # well-formed messages a venue does not send
+    broken: bool          # the stream cannot be read on: disconnect
+
+
+def register(protocol):
+    """Add an MdProtocol or an OrderProtocol under its name, after the built-in ones; returns it."""
+    _load()
+    return _add(protocol)
+
+
+def _add(protocol):
+    table = _MD if isinstance(protocol, MdProtocol) else _ORDERS
+    if not protocol.name or protocol.name in _MD or protocol.name in _ORDERS:
+        raise ValueError(f"protocol name {protocol.name!r} is empty or taken")
+    table[protocol.name] = protocol
+    return protocol
+
+
+def unregister(name: str) -> None:
+    """Remove a protocol (tests that register a toy one)."""
+    _ORDERS.pop(name, None)
+    _MD.pop(name, None)
+
+
+def _load() -> None:
+    """Register the built-in protocols (each module's PROTOCOL), in _BUILT_IN's order."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILT_IN:
+            _add(importlib.import_module(module).PROTOCOL)
+
+
+def _orders() -> dict[str, OrderProtocol]:
+    _load()
+    return _ORDERS
+
+
+def md_protocol(name: str) -> MdProtocol:
+    _load()
+    try:
+        return _MD[name]
+    except KeyError:
+        raise ProtocolError(f"unknown market-data protocol {name!r}: use one of {', '.join(_MD)}") from None
+
+
+def md_protocol_names() -> tuple[str, ...]:
+    _load()
+    return tuple(_MD)
+
+
+def protocols() -> list:
+    """Every registered protocol: market data first, then order entry."""
+    _load()
+    return [*_MD.values(), *_ORDERS.values()]
+
+
+def order_protocol(name: str) -> OrderProtocol:
+    _orders()
+    try:
+        return _ORDERS[name]
+    except KeyError:
+        raise ProtocolError(f"unknown order protocol {name!r}: use one of {', '.join(_ORDERS)}") from None
+
+
+def order_protocol_names() -> tuple[str, ...]:
+    return tuple(_orders())
+
+
+def sniff_bytes() -> int:
+    """Bytes of a stream's start that tell every registered order protocol apart."""
+    return max(p.sniff_bytes for p in _orders().values())
+
+
+def sniff_orders(head: bytes) -> OrderProtocol:
+    """The first registered protocol that recognises `head`, else the default."""
+    return next((p for p in _orders().values() if p.sniff(head)), _ORDERS[DEFAULT_ORDERS])

@@ -1,0 +1,41 @@
+"""The registry is the only place that knows protocols by name: nothing outside engine/protocol/
+holds a protocol's name as a string to compare, and the order of the built-ins is fixed."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from engine.protocol import ProtocolError, md_protocol, order_protocol, protocols
+from engine.protocol.registry import sniff_orders
+
+ROOT = Path(__file__).parents[3]
+
+
+def test_no_protocol_name_is_written_as_a_string_outside_engine_protocol():
+    names = {p.name for p in protocols()}
+    found = []
+    for folder in ("engine", "lab", "simulator", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.is_relative_to(ROOT / "engine" / "protocol"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in names:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not found, "\n".join(found)
+
+
+def test_the_built_ins_come_first_in_a_fixed_order_and_unknown_names_are_one_clear_error():
+    assert [p.name for p in protocols()][:3] == ["wm", "binary", "fix"]
+    with pytest.raises(ProtocolError, match="unknown order protocol 'ouch'.*binary, fix"):
+        order_protocol("ouch")
+    with pytest.raises(ProtocolError, match="unknown market-data protocol"):
+        md_protocol("binary")
+
+
+def test_sniffing_tells_the_order_protocols_apart_by_their_first_bytes():
+    from engine.protocol import fix, orders
+    new_order = orders.NewOrder(1, 2, 3, 4, orders.BUY, 100, 5).encode()
+    assert sniff_orders(new_order[:5]).name == "binary"
+    assert sniff_orders(b"8=FIX.4.2\x019=").name == "fix"
+    assert sniff_orders(b"\xff\xff\xff\xff\xff") is order_protocol("binary")      # the default
+    assert fix.FixOrders().sniff(b"8=FIX") and not orders.BinaryOrders().sniff(b"8=FIX")

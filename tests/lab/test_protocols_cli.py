@@ -1,0 +1,38 @@
+"""`lab protocols`: every registered protocol with its framing and message tables, read back
+against the declarations themselves (a table appears as its layout renders it)."""
+import json
+
+import pytest
+
+from engine.protocol import protocols
+from lab.cli import main
+
+
+def test_the_table_view_lists_every_protocol_and_every_message(capsys):
+    assert main(["protocols"]) == 0
+    out = capsys.readouterr().out
+    for protocol in protocols():
+        assert f"{protocol.name}: {protocol.title}" in out
+        assert protocol.framing in out
+        for layout in protocol.layouts:
+            assert f"{layout.name} ({layout.size} bytes)" in out
+            assert "\n".join("  " + line for line in layout.table().splitlines()) in out
+
+
+def test_json_names_the_protocols_the_cli_choices_take(capsys):
+    assert main(["protocols", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    by_role = {}
+    for p in document["protocols"]:
+        by_role.setdefault(p["role"], []).append(p["name"])
+    assert by_role == {"market data": ["wm"], "order entry": ["binary", "fix"]}
+    binary = next(p for p in document["protocols"] if p["name"] == "binary")
+    assert [(m["name"], m["bytes"]) for m in binary["messages"]] == \
+        [("NewOrder", 48), ("Cancel", 32), ("Ack", 32), ("Fill", 64), ("Reject", 24)]
+
+
+def test_a_bad_flag_is_one_line_and_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["protocols", "--tables"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
