@@ -1,6 +1,6 @@
 """OrderGateway: OrderRequests out to each venue over TCP, acks and fills back.
 
-Strategies (DESIGN.md):
+Strategies (docs/concepts.md):
 - none: the whole NewOrder in one send() at the decision.
 - tcp-prefix: the next order's decision-free prefix (length, type, flags,
   account, client order id) is always on the wire ahead of time; the decision

@@ -35,6 +35,7 @@ import zstandard
 
 from engine import _native
 from engine.clock import Calibration, calibrate
+from engine.config import ConfigError, config_record, parse_config
 from engine.messages import ACCOUNT_UPDATE, MARKET_UPDATE, ORDER_REQUEST, TIMING
 from engine.protocol.layout import Field, Layout
 from engine.queues import HEADER_BYTES, PREFIX, Queue, QueueError, fingerprint
@@ -552,7 +553,6 @@ def main(argv=None) -> int:
     try:
         config = None
         if args.config:
-            from engine.runner import ConfigError, config_record, parse_config
             try:
                 with open(args.config, "rb") as f:
                     config = config_record(parse_config(f.read().decode("utf-8")))

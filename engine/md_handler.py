@@ -11,7 +11,7 @@ from collections import Counter
 
 from engine.book import Books, DatagramError, decode_datagram
 from engine.clock import tsc
-from engine.messages import MARKET_UPDATE, timing_word
+from engine.messages import MARKET_UPDATE, UPDATE_ORIGIN_TSC, UPDATE_PUBLISH_TSC, timing_word
 from engine.net import recv_stamped
 
 MARKET_UPDATE_STRUCT = MARKET_UPDATE.struct
@@ -70,12 +70,13 @@ class MarketDataHandler:
             self.dropped[exc.args[0]] += 1
             return None
 
-    def publish(self, update: tuple) -> None:
-        """Put a decoded MarketUpdate on the md queue (and its stamp on the timing queue)."""
-        app_in = update[0]
+    def publish(self, update: tuple, origin_at: int = UPDATE_ORIGIN_TSC, publish_at: int = UPDATE_PUBLISH_TSC) -> None:
+        """Put a decoded MarketUpdate on the md queue (and its stamp on the timing queue).
+        The field positions are defaults so that they are read as locals, not globals."""
+        app_in = update[origin_at]
         message_seq = self.updates.publish(MARKET_UPDATE_STRUCT.pack(*update))
         if self.timing is not None:
-            self.timing.publish_words(TIMING_WORD, app_in, update[1], message_seq)
+            self.timing.publish_words(TIMING_WORD, app_in, update[publish_at], message_seq)
         if not self.first_app_in:
             self.first_app_in = app_in
         self.last_app_in = app_in

@@ -33,6 +33,9 @@ MARKET_UPDATE = Layout("MarketUpdate", 96, _stamps() + [
     Field("trade_price", 80, "<i8", "last trade in the datagram (0 if none)"),
     Field("trade_qty", 88, "<i8", "its quantity"),
 ])
+# Where fields sit in a MarketUpdate tuple (engine._book.decode returns them in the layout's order).
+UPDATE_ORIGIN_TSC, UPDATE_PUBLISH_TSC, UPDATE_VENUE, UPDATE_INSTRUMENT = (
+    MARKET_UPDATE.dtype.names.index(name) for name in ("origin_tsc", "publish_tsc", "venue", "instrument"))
 
 IDEAL_ORDER = Layout("IdealOrder", 72, _stamps() + [
     Field("md_seq", 16, "<u8", "MD seq the model last decided on"),

@@ -8,7 +8,8 @@ functions of the updates they see, so a replay reproduces them exactly.
 from __future__ import annotations
 
 from engine.clock import tsc
-from engine.messages import BUY, DAY, IDEAL_ORDER, IOC, MARKET_UPDATE, SELL, timing_word
+from engine.messages import (BUY, DAY, IDEAL_ORDER, IOC, MARKET_UPDATE, SELL, UPDATE_INSTRUMENT, UPDATE_VENUE,
+                             timing_word)
 
 UPDATE = MARKET_UPDATE.struct
 IDEAL = IDEAL_ORDER.struct
@@ -22,7 +23,7 @@ class TradeModel:
     A wish is a tuple (side, price, qty, time_in_force); side FLAT means no order wanted.
     decide() must not change the model's state beyond `last`: the single-process engine
     rehearses the real models on synthetic updates to keep them in cache, and puts back
-    `last` and `writes` afterwards (engine.runner.HotPathWarmer).
+    `last` and `writes` afterwards (engine.hot_path.HotPathWarmer).
     """
     name = "model"
 
@@ -31,10 +32,12 @@ class TradeModel:
         self.last: tuple | None = None
         self.writes = 0                   # ideal orders published so far: the slot's version is 2 x this
 
-    def on_update(self, raw: bytes, vector, timing=None) -> bool:
-        """Take one MarketUpdate from the md queue; write the ideal order it causes, if any."""
+    def on_update(self, raw: bytes, vector, timing=None,
+                  venue_at: int = UPDATE_VENUE, instrument_at: int = UPDATE_INSTRUMENT) -> bool:
+        """Take one MarketUpdate from the md queue; write the ideal order it causes, if any.
+        The field positions are defaults so that they are read as locals, not globals."""
         update = UPDATE.unpack(raw)
-        if update[5] != self.venue or update[6] != self.instrument:
+        if update[venue_at] != self.venue or update[instrument_at] != self.instrument:
             return False
         ideal = self.react(update)
         if ideal is None:

@@ -21,8 +21,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from lab.analysis.stats import open_private, summarize
+from engine.gateway import STRATEGIES as REAL_STRATEGIES      # what the real engine's gateway sends
+from lab.analysis.exports import open_private
 from lab.errors import LabError
+from lab.percentiles import summarize
 from lab.table import render
 from simulator.path import Host, Link, Path, Switch, compile_path
 from simulator.scenario import Scenario, load_scenario
@@ -33,7 +35,6 @@ LINE_RATE_FACTORS = (Fraction(1, 2), Fraction(1), Fraction(2), Fraction(4), Frac
 PREFIX_SIZES = (5, 10, 20, 40, 80, 160)
 HOP_COUNTS = range(1, 9)
 HOP_RATE_BPS = 100_000_000
-REAL_STRATEGIES = ("none", "tcp-prefix")
 
 
 @dataclass(frozen=True)
@@ -324,8 +325,7 @@ def hop_sweep(scenario: Scenario) -> list[dict]:
 
 def real_runs(options: CompareOptions, rate: float) -> list[StrategyRun]:
     """`lab run` of none and tcp-prefix (imbalance-taker), measured."""
-    from lab.analysis.implied import measure_run   # the engine side loads only when asked for
-    from lab.runner import RunOptions, run
+    from lab.run import RunOptions, measure_run, run   # the engine side loads only when asked for
 
     def one(folder: str, strategy: str) -> StrategyRun:
         result = run(RunOptions(scenario=options.scenario, strategy=strategy, messages=options.messages,

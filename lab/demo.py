@@ -2,8 +2,8 @@
 
 1. The seed's KRX case, simulated: the space-time diagram and the -565 us arithmetic.
 2. Every strategy compared in simulation for `krx-2008` and `modern-10g` (lab.compare).
-3. The real engine through the simulated KRX wire (lab.runner), `none` and `tcp-prefix`, and
-   their measurement (lab.analysis.implied): a hardware-style pcapng, the telemetry, the
+3. The real engine through the simulated KRX wire (lab.run), `none` and `tcp-prefix`, and
+   their measurement (lab.run.implied): a hardware-style pcapng, the telemetry, the
    implied tick-to-trade per stage. Without CAP_NET_RAW the capture is rebuilt from the
    sockets' own stamps, and the report says so.
 4. `report.html`, which links every figure and says in plain words what each one shows.
@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from engine.gateway import STRATEGIES as REAL_STRATEGIES      # what the real engine's gateway sends
 from lab.compare import CompareOptions, compare, plot as plot_comparison
 from lab.errors import LabError
 from lab.report import write_report
@@ -23,7 +24,6 @@ from simulator.strategies import simulate
 
 SPACETIME_STRATEGIES = ["none", "tcp-prefix", "tcp-prefix+early-read"]
 COMPARED = ("krx-2008", "modern-10g")
-REAL_STRATEGIES = ("none", "tcp-prefix")
 
 
 @dataclass
@@ -69,9 +69,8 @@ def run_demo(out: str, messages: int = 100, real: bool = True, say: Callable[[st
 
 
 def _real_runs(result: DemoResult, messages: int, say) -> None:
-    from lab.analysis.implied import measure_run
     from lab.report import plot_real
-    from lab.runner import RunOptions, run
+    from lab.run import RunOptions, measure_run, run
 
     for strategy in REAL_STRATEGIES:
         say(f"running the real engine through the KRX wire: {strategy} ({messages} MD messages)")

@@ -9,7 +9,7 @@ import html
 import os
 import time
 
-from lab.analysis.stats import open_private
+from lab.analysis.exports import open_private
 
 NS_PER_US = 1000                    # display only
 STAGE_COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1")

@@ -45,6 +45,28 @@ FRAMINGS: dict[str, Framing] = {
 }
 
 FRAMING_KEYS = ("preamble", "header", "trailer", "min_frame", "gap")
+ETHERNET = FRAMINGS["ethernet"]
+NS_PER_S = 10**9
+
+
+def ethernet_wire_ns(frame_len, rate_bps: int):
+    """ns a captured Ethernet frame takes on the wire at `rate_bps`, from the preamble's first bit
+    to the FCS's last, rounded up. `frame_len` counts the frame as a capture holds it (MAC
+    header and payload, no FCS: pcap's wire length). An int, or an int64 array for arrays."""
+    return _ceil_ns(ETHERNET.preamble + np.maximum(np.asarray(frame_len, np.int64) + ETHERNET.trailer,
+                                                   ETHERNET.min_frame), rate_bps)
+
+
+def ethernet_slot_ns(frame_len, rate_bps: int):
+    """ethernet_wire_ns with the inter-frame gap: from a frame's first bit to the earliest first bit
+    of the next frame on the same transmitter."""
+    return _ceil_ns(ETHERNET.preamble + np.maximum(np.asarray(frame_len, np.int64) + ETHERNET.trailer,
+                                                   ETHERNET.min_frame) + ETHERNET.gap, rate_bps)
+
+
+def _ceil_ns(wire_bytes, rate_bps: int):
+    ns = -(-(wire_bytes * 8 * NS_PER_S) // rate_bps)
+    return int(ns) if np.ndim(ns) == 0 else ns
 
 
 @dataclass(frozen=True)

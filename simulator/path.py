@@ -13,7 +13,7 @@ A path compiles to *hops*. A hop is one transmitter and the medium it drives:
     first bit at the far end = start + propagation; last bit = that + wire time
 
 `transit` does this for many packets at once with numpy. The FIFO is the
-Lindley recursion in its prefix-max closed form (DESIGN.md):
+Lindley recursion in its prefix-max closed form (docs/concepts.md, docs/scenarios.md):
     start = C + maximum.accumulate(A - C), C = exclusive cumsum of (service + gap).
 """
 from __future__ import annotations

@@ -222,11 +222,49 @@ class WmMarketData(MdProtocol):
         ok = valid_md_headers(headers, lengths[rows])
         return rows[ok], headers["seq"][ok].astype(np.int64)
 
+    def synth_payloads(self, cols: dict, index, tick: int):
+        n_updates, n_trades = cols["n_updates"][index], cols["n_trades"][index]
+        length = md_length(n_updates.astype(np.int64), n_trades.astype(np.int64))
+        where = np.cumsum(length) - length
+        out = np.empty(int(length.sum()), np.uint8)
+        shapes = n_updates * 16 + n_trades
+        for shape in np.unique(shapes):
+            mine = np.flatnonzero(shapes == shape)
+            records = _synth_records(cols, index[mine], int(shape) // 16, int(shape) % 16, tick)
+            out[(where[mine][:, None] + np.arange(records.shape[1])).ravel()] = records.ravel()
+        return out, where
+
     def stamp(self, payload, seq=None, send_ts_ns=None) -> None:
         if seq is not None:
             HEADER.put(payload, "seq", seq)
         if send_ts_ns is not None:
             HEADER.put(payload, "send_ts_ns", send_ts_ns)
+
+
+def _synth_records(cols: dict, index: np.ndarray, n_updates: int, n_trades: int, tick: int) -> np.ndarray:
+    """Datagrams of one shape, one per row."""
+    records = np.zeros(index.size, datagram_dtype(n_updates, n_trades))
+    header = records["header"]
+    header["magic"], header["version"], header["msg_type"] = MAGIC, VERSION, MSG_TYPE_MD
+    header["length"], header["n_updates"], header["n_trades"] = md_length(n_updates, n_trades), n_updates, n_trades
+    for name in ("venue", "seq", "instrument", "send_ts_ns"):
+        header[name] = cols[name][index]
+    updates, qty = records["updates"], cols["qty"][index]
+    bid, ask = cols["bid"][index], cols["ask"][index]
+    updates["action"] = SET
+    updates["side"][:, 0], updates["price"][:, 0], updates["qty"][:, 0] = BID, bid, qty[:, 0]
+    updates["side"][:, 1], updates["price"][:, 1], updates["qty"][:, 1] = ASK, ask, qty[:, 1]
+    for level in range(2, n_updates):                 # deeper levels, alternating sides
+        on_bid = level % 2 == 0
+        updates["side"][:, level] = BID if on_bid else ASK
+        updates["price"][:, level] = bid - level // 2 * tick if on_bid else ask + level // 2 * tick
+        updates["qty"][:, level] = qty[:, level]
+    if n_trades:
+        trades = records["trades"]
+        aggressor = cols["aggressor"][index]
+        trades["price"][:, 0] = np.where(aggressor == BID, ask, bid)
+        trades["qty"][:, 0], trades["aggressor"][:, 0] = qty[:, 5], aggressor
+    return records.view(np.uint8).reshape(index.size, -1)
 
 
 PROTOCOL = WmMarketData()

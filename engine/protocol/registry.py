@@ -42,6 +42,13 @@ class MdProtocol:
         that is not this protocol's has no messages."""
         raise NotImplementedError
 
+    def synth_payloads(self, cols: dict, index, tick: int):
+        """`lab synth`'s market as this protocol's datagrams: `cols` holds, per datagram, venue, seq,
+        instrument, send_ts_ns, n_updates, n_trades (book levels and trades it carries), bid, ask,
+        qty (6 per datagram) and aggressor. The datagrams at `index`, back to back: (uint8 array,
+        int64 start of each)."""
+        raise NotImplementedError
+
     def stamp(self, payload: bytearray, seq: int | None = None, send_ts_ns: int | None = None) -> None:
         """Write the datagram's seq (its first message's) and the sender's clock into `payload`."""
         raise NotImplementedError

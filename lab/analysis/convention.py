@@ -6,7 +6,7 @@
   pcap stamps on a host are.
 
 Converting a software stamp of an inbound frame to its first bit subtracts the
-frame's wire time at the line rate:
+frame's wire time at the line rate (simulator.framing.ethernet_wire_ns):
 
     wire bytes = 8 (preamble + SFD) + max(frame + 4 (FCS), 64)
     wire time  = ceil(wire bytes * 8 / rate), in whole ns
@@ -20,18 +20,15 @@ from __future__ import annotations
 import numpy as np
 
 from lab.analysis.decode import PacketTable
+from lab.capture.records import INBOUND
 from lab.errors import LabError
+from simulator.framing import ethernet_wire_ns
 
 HARDWARE = "hardware"
 SOFTWARE = "software"
 CONVENTIONS = (HARDWARE, SOFTWARE)
 
-INBOUND, OUTBOUND = 1, 2     # pcapng epb_flags direction codes
-PREAMBLE_SFD = 8
-FCS = 4
-MIN_FRAME = 64
 ETHERNET_HEADER = 14
-NS_PER_S = 10**9
 
 
 class ConventionError(LabError):
@@ -45,13 +42,6 @@ def ethernet_frame_len(table: PacketTable, rows: np.ndarray) -> np.ndarray:
     other = np.flatnonzero(linktype != 1)
     wire_len[other] = ETHERNET_HEADER + table.ip_len[rows[other]].astype(np.int64)
     return wire_len
-
-
-def wire_time_ns(frame_len, line_rate_bps: int):
-    """Time the frame occupies the wire at the line rate, rounded up to the ns (int or int64 array)."""
-    wire_bits = (PREAMBLE_SFD + np.maximum(np.asarray(frame_len, dtype=np.int64) + FCS, MIN_FRAME)) * 8
-    result = (wire_bits * NS_PER_S + (line_rate_bps - 1)) // line_rate_bps
-    return int(result) if np.ndim(result) == 0 else result
 
 
 def check(convention: str, line_rate_bps: int | None) -> None:
@@ -68,7 +58,7 @@ def first_bit_ns(ts_ns: np.ndarray, inbound: np.ndarray, frame_len: np.ndarray, 
     check(convention, line_rate_bps)
     if convention == HARDWARE:
         return ts_ns
-    return ts_ns - np.where(inbound, wire_time_ns(frame_len, line_rate_bps), 0)
+    return ts_ns - np.where(inbound, ethernet_wire_ns(frame_len, line_rate_bps), 0)
 
 
 def inbound_mask(direction: np.ndarray, default_inbound: bool) -> np.ndarray:

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from engine.protocol import registry
-from lab.analysis import convention
 from lab.analysis.gather import gather_ragged
 from lab.analysis.match import FIX_TAG, MatchMode
 from lab.analysis.reassembly import Segments, reassemble
+from simulator.framing import ethernet_wire_ns
 
 _WRAP = 1 << 32
 
@@ -101,7 +101,7 @@ class OrderFlows:
         streams = reassemble(segments, self.flows)
         self.duplicate_bytes += streams.duplicate_bytes - self.carry_overlap
         first_bit = table["first_bit_ns"]
-        last_bit = (first_bit + convention.wire_time_ns(table["frame_len"], self.line_rate_bps)
+        last_bit = (first_bit + ethernet_wire_ns(table["frame_len"], self.line_rate_bps)
                     if self.line_rate_bps else None)
         parts, used = [], np.zeros(self.flows, np.int64)
         for f in np.unique(segments.flow).tolist():

@@ -48,6 +48,7 @@ from lab.analysis.flows import SEGMENT_COLUMNS, OrderFlows, concat
 from lab.analysis.gather import gather_ragged
 from lab.analysis.match import MD_COLUMNS, NEAREST, TRIGGER, MatchMode, MdWindow
 from lab.capture import NO_TIMESTAMP, open_capture
+from lab.capture.records import INBOUND
 from lab.capture.trailers import restamp_from_trailers
 from lab.errors import LabError
 
@@ -293,7 +294,7 @@ class _Collector:
             newest = int(table.ts_ns[usable].max())
             self._newest = newest if self._newest is None else max(self._newest, newest)
         self._add_md(table, md_seq, usable)
-        tcp = usable & (table.proto == PROTO_TCP) & (table.direction != convention.INBOUND)
+        tcp = usable & (table.proto == PROTO_TCP) & (table.direction != INBOUND)
         tcp &= (table.payload_caplen > 0) | ((table.tcp_flags & SYN) != 0)
         if self.options.order_flow:
             tcp &= (table.dst_ip == self.options.order_flow.ip) & (table.dst_port == self.options.order_flow.port)

@@ -40,7 +40,7 @@ import threading
 
 import numpy as np
 
-from lab.capture.records import CaptureError, Interface, PacketBatch
+from lab.capture.records import INBOUND, OUTBOUND, CaptureError, Interface, PacketBatch
 from lab.capture.writer import PcapngWriter
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ TP_STATUS_USER = 1
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772           # lo frames carry a 14-byte Ethernet header too
 LINKTYPE_ETHERNET = 1
-INBOUND, OUTBOUND = 1, 2        # pcapng epb_flags direction
 
 # struct tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
 # sizeof_priv, feature_req_word

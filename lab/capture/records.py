@@ -13,6 +13,9 @@ class CaptureError(LabError):
     """A capture file that cannot be read (or written) at all; the message is one line naming the file."""
 
 
+INBOUND, OUTBOUND = 1, 2        # packet direction, as pcapng's epb_flags code it (0: unknown)
+
+
 @dataclass
 class Interface:
     """One per pcap file, one per pcapng IDB."""

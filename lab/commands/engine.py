@@ -16,7 +16,8 @@ def register(sub):
 
 def run(args) -> int:
     from engine.queues import QueueError
-    from engine.runner import ConfigError, Engine, parse_config, start_engine_process
+    from engine.config import ConfigError, parse_config
+    from engine.runner import Engine, start_engine_process
     start_engine_process()
     try:
         with open(args.config, "rb") as f:

@@ -8,7 +8,8 @@ import os
 import numpy as np
 
 from lab.analysis import convention
-from lab.analysis.implied import measure_run
+from lab.analysis.exports import ExportError, TableWriter
+from lab.analysis.hgrm import write_hgrm
 from lab.analysis.match import MatchError, parse_match
 from lab.analysis.measure import (
     MeasureError,
@@ -18,11 +19,12 @@ from lab.analysis.measure import (
     parse_endpoint,
     per_trigger_columns,
 )
-from lab.analysis.stats import SUMMARY_KEYS, ExportError, TableWriter, summarize, write_hgrm, write_plot
+from lab.analysis.plots import write_plot
 from lab.capture.records import skipped_report
-from lab.capture.runinfo import read_run_info
-from lab.capture.taps import HOST_TAP
+from lab.percentiles import SUMMARY_KEYS, summarize
 from lab.progress import ProgressBar
+from lab.run import measure_run, read_run_info
+from lab.run.taps import HOST_TAP
 from lab.table import render
 from simulator.units import UnitError, format_rate, parse_duration, parse_rate
 

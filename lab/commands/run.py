@@ -6,7 +6,7 @@ import sys
 from dataclasses import asdict
 
 from engine.protocol.registry import DEFAULT_ORDERS, order_protocol_names
-from lab.runner import CAPTURES, MODELS, REAL_STRATEGIES, RunOptions, run as run_experiment
+from lab.run import CAPTURES, MODELS, REAL_STRATEGIES, RunOptions, run as run_experiment
 from lab.arguments import bounded, comma_list, positive_int
 from lab.progress import ProgressBar
 from lab.table import render

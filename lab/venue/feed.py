@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.net import enable_tx_stamps, tx_stamps
 from engine.protocol.registry import DEFAULT_MD, md_protocol
-from lab.analysis.stats import PERCENTILES, nearest_rank
+from lab.percentiles import PERCENTILES, nearest_rank
 from lab.venue.market import Feed, FeedError
 
 SLEEP_MARGIN_NS = 200_000        # time.sleep() may overshoot: stop sleeping this long before the instant

@@ -6,10 +6,11 @@ import socket
 import numpy as np
 
 from engine.clock import tsc
+from engine.config import parse_config
 from engine.gateway import ACCOUNT, REQUEST
 from engine.messages import IDEAL_ORDER, MARKET_UPDATE, ORDER_REQUEST
 from engine.messages import IOC
-from engine.runner import Engine, parse_config
+from engine.runner import Engine
 from test_engine_e2e import free_port
 from test_persistence import market
 

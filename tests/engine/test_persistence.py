@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.config import ConfigError, parse_config
 from engine.logger import (CONFIG, END, ENGINE_QUEUES, HEADER, QUEUE, RECORD, Logger, LogWriter, QueueReader,
                            read_log)
 from engine.messages import TIMING
 from engine.protocol import md, orders as wire
 from engine.queues import Consumer, Queue, fingerprint
-from engine.runner import ConfigError, parse_config
 from engine.telemetry import ORDER_ROW
 from test_engine_e2e import ACK, FILL, NEW_ORDER, MiniVenue, free_port
 

@@ -93,7 +93,7 @@ def md_wire_ns(pcap) -> int:
 
 @needs_root
 def test_tcp_prefix_is_negative_latency_and_none_is_not(runs):
-    from lab.analysis.implied import measure_run
+    from lab.run import measure_run
     # The essay's arithmetic: the 16-byte prefix not sent at the decision saves 16 * 8 bits at 256 kb/s
     # (500 us) and at each of the three 100 Mb/s hops (1.28 us each); the MD frame's wire time and the
     # host's own time come on top. Without speculation the order cannot beat the baseline by more
@@ -117,8 +117,8 @@ def test_tcp_prefix_is_negative_latency_and_none_is_not(runs):
 @needs_root
 @pytest.mark.parametrize("strategy", ["tcp-prefix", "none"])
 def test_stages_sum_to_the_implied_tick_to_trade(runs, strategy):
-    from lab.analysis.implied import STAGES, measure_run
-    from lab.capture.runinfo import read_run_info
+    from lab.run import measure_run, read_run_info
+    from lab.run.implied import STAGES
 
     run, measured, pcap = runs[strategy]
     info = read_run_info(pcap)
@@ -204,7 +204,7 @@ def test_without_cap_net_raw_the_sockets_stamps_make_the_capture(tmp_path, drop_
     assert "rebuilt from the sockets' own kernel stamps" in done.stderr
     run = json.loads(done.stdout)
     assert run["capture"]["kind"] == "sockets"
-    from lab.capture.runinfo import read_run_info
+    from lab.run import read_run_info
     assert read_run_info(pcap)["capture"] == "sockets"
     measured = json.loads(lab("measure", "--pcap", str(pcap), "--telemetry", run["telemetry"], "--json").stdout)
     assert measured["md_messages"] == 40 and measured["unmatched_orders"] == 0 and measured["orders"] > 3

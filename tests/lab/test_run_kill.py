@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.queues import HEADER_BYTES, MAGIC_QUEUE, OWNER_OFFSET, PREFIX, Queue, sweep_stale_segments
-from lab.runner import sweep_stale_runs
+from lab.run.runner import sweep_stale_runs
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="lab run captures on lo with AF_PACKET, which needs root")

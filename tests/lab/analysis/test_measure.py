@@ -25,6 +25,7 @@ from lab.analysis.match import parse_match
 from lab.analysis.decode import decode
 from lab.analysis.measure import MeasureError, MeasureOptions, measure, parse_endpoint
 from lab.capture import Interface, PcapngWriter
+from simulator.framing import ethernet_slot_ns, ethernet_wire_ns
 
 GBPS10 = 10**10
 
@@ -36,10 +37,11 @@ def wire_ns(frame: bytes, rate: int) -> int:
 
 
 def test_wire_time_figures():
-    assert convention.wire_time_ns(60, GBPS10) == 58                     # 72 B at 10 Gb/s = 57.6 ns
-    assert convention.wire_time_ns(488, 100 * 10**6) == 40_000           # 500 B at 100 Mb/s = 40 us
-    assert convention.wire_time_ns(488, 256_000) == 15_625_000           # 500 B at 256 kb/s
-    assert convention.wire_time_ns(np.array([1, 60, 1514]), 10**9).tolist() == [576, 576, 12_208]
+    assert ethernet_wire_ns(60, GBPS10) == 58                     # 72 B at 10 Gb/s = 57.6 ns
+    assert ethernet_wire_ns(488, 100 * 10**6) == 40_000           # 500 B at 100 Mb/s = 40 us
+    assert ethernet_wire_ns(488, 256_000) == 15_625_000           # 500 B at 256 kb/s
+    assert ethernet_wire_ns(np.array([1, 60, 1514]), 10**9).tolist() == [576, 576, 12_208]
+    assert ethernet_slot_ns(60, GBPS10) == 68                     # with the 12-byte gap: 67.2 ns
 
 
 def timeline():
@@ -130,7 +132,7 @@ def test_linux_cooked_capture(tmp_path):
     cooked = []
     for ts, frame, d in rows:
         ip = bytes(Ether(frame)[IP])
-        cooked.append((ts + (convention.wire_time_ns(14 + len(ip), 10**9) if d == 1 else 0),
+        cooked.append((ts + (ethernet_wire_ns(14 + len(ip), 10**9) if d == 1 else 0),
                        bytes(CookedLinux(pkttype=0 if d == 1 else 4, proto=0x0800) / IP(ip))))
     path = tmp_path / "any.pcap"
     write_pcap(path, cooked, linktype=113)

@@ -6,11 +6,11 @@ from scapy.layers.l2 import Ether
 from wirecap import HOST, HOST_PORT, ISN, VENUE, VENUE_PORT, FEED_PORT, batch_of, md_frame, new_order, order_frame
 
 from lab.analysis.correlation import CorrelationError, causality, run_calibration
-from lab.analysis.implied import STAGES, implied, unstamped_triggers
 from lab.analysis.measure import MeasureOptions, measure
 from lab.capture import Interface, PcapngWriter
-from lab.capture.runinfo import read_run_info, run_info_comment, section_comments
-from lab.capture.taps import HostLink, build_taps, write_taps
+from lab.run.implied import STAGES, implied, unstamped_triggers
+from lab.run.runinfo import read_run_info, run_info_comment, section_comments
+from lab.run.taps import HostLink, build_taps, write_taps
 from simulator.scenario import load_scenario
 
 IN, OUT = 1, 2
@@ -162,7 +162,7 @@ def test_telemetry_needs_a_run_capture_and_a_telemetry_file(tmp_path, lab):
 
 
 def test_reads_are_cut_where_the_engine_sent_separately():
-    from lab.capture.sockets import order_pieces, tcp_frame
+    from lab.run.sockets import loopback_frames, order_pieces
     from lab.venue.gateway import RECORD_DTYPE, Read
     records = np.zeros(2, RECORD_DTYPE)
     records["kind"] = [b"new", b"new"]
@@ -173,7 +173,7 @@ def test_reads_are_cut_where_the_engine_sent_separately():
     cuts = [(start, end) for _read, start, end in order_pieces(reads, records, 16)]
     assert cuts == [(0, 16), (16, 48), (48, 64), (64, 96), (96, 112)]
     assert [(s, e) for _r, s, e in order_pieces(reads, records, None)] == [(0, 16), (16, 48), (48, 96), (96, 112)]
-    frame = tcp_frame(40000, 9000, 17, 0x18, b"x" * 5)
+    frame = loopback_frames([False], [40000], [9000], [17], [0x18], [b"x" * 5])[0].tobytes()
     parsed = IP(frame[14:])
     assert parsed[TCP].dataofs * 4 == 32 and parsed[TCP].seq == 17 and bytes(parsed[TCP].payload) == b"x" * 5
     ours = parsed.chksum

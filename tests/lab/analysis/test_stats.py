@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from lab.analysis import stats
-from lab.analysis.stats import HOUR_NS, ExportError, summarize, write_hgrm, write_plot, write_table
+from lab.analysis.exports import ExportError, write_table
+from lab.analysis.hgrm import HOUR_NS, HdrLayout, write_hgrm
+from lab.analysis.plots import write_plot
+from lab.percentiles import summarize
 
 
 def test_summary_by_hand():
@@ -113,7 +115,7 @@ def test_existing_output_file_becomes_owner_only(tmp_path):
 
 
 def test_hdr_layout_matches_the_package_bucketing():
-    layout = stats.HdrLayout(HOUR_NS)
+    layout = HdrLayout(HOUR_NS)
     reference = HdrHistogram(1, HOUR_NS, 3)
     values = np.unique(np.concatenate([np.arange(0, 5000), np.random.default_rng(4).integers(0, HOUR_NS, 2000)]))
     mine = layout.counts_index(values)

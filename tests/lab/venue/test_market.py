@@ -10,7 +10,8 @@ from engine.queues import fingerprint
 from lab.analysis.measure import Endpoint
 from lab.errors import LabError
 from lab.synth import SynthConfig, synthesize, write_capture
-from lab.venue.market import FeedError, feed_from_log, feed_from_pcap, feed_source, synthetic_feed
+from lab.run.feeds import feed_from_pcap, feed_source
+from lab.venue.market import FeedError, feed_from_log, synthetic_feed
 
 TICK = 1_000_000
 

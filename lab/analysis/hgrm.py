@@ -1,67 +1,14 @@
-"""Latency statistics in integer nanoseconds, and their exports.
-
-Percentiles use the nearest-rank method: the p-th percentile of n sorted
-values is the value at rank ceil(p/100 * n) (1-based), so it is always a value
-that was measured, and p100 is the max. The rank is computed with integer
-arithmetic (p99.99 is 9999/10000), never with floats. The mean is the exact
-integer sum over the count, rounded to the nearest ns (a half rounds up).
-
-Exports: an HdrHistogram percentile distribution (.hgrm), a per-trigger CSV or
-Parquet table, and a PNG with a histogram and a CDF.
-"""
+"""HdrHistogram's .hgrm text: the percentile distribution of latencies in ns, as the
+HdrHistogram libraries bucket and print it, for hdrhistogram.com's plotter."""
 from __future__ import annotations
 
 import math
-import os
-from fractions import Fraction
 
 import numpy as np
 
-from lab.errors import LabError
-
-# name in the JSON -> percentile as an exact fraction of 1
-PERCENTILES = {
-    "p50": Fraction(50, 100),
-    "p90": Fraction(90, 100),
-    "p99": Fraction(99, 100),
-    "p99_9": Fraction(999, 1000),
-    "p99_99": Fraction(9999, 10000),
-}
-SUMMARY_KEYS = ("count", "min", "mean", *PERCENTILES, "max")
+from lab.analysis.exports import ExportError, open_private
 
 
-class ExportError(LabError):
-    """An export that cannot be written as asked."""
-
-
-def nearest_rank(sorted_values: np.ndarray, fraction: Fraction) -> int:
-    """The value at rank ceil(fraction * n) of ascending values (n >= 1)."""
-    n = sorted_values.size
-    rank = -((-fraction.numerator * n) // fraction.denominator)      # ceil, exact
-    return int(sorted_values[max(rank, 1) - 1])
-
-
-def summarize(values_ns: np.ndarray) -> dict:
-    """count, min, mean, p50, p90, p99, p99_9, p99_99, max (ints; None when there are no values)."""
-    values = np.sort(np.asarray(values_ns, dtype=np.int64))
-    n = values.size
-    if n == 0:
-        return {key: (0 if key == "count" else None) for key in SUMMARY_KEYS}
-    total = sum(int(part) for part in np.add.reduceat(values, np.arange(0, n, 1 << 20)))  # exact
-    summary = {"count": n, "min": int(values[0]), "mean": (2 * total + n) // (2 * n)}
-    summary.update({key: nearest_rank(values, fraction) for key, fraction in PERCENTILES.items()})
-    summary["max"] = int(values[-1])
-    return summary
-
-
-def open_private(path, binary: bool = False):
-    """Open an output file for writing, created (or truncated) owner-only (0o600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)   # an existing file keeps its mode under O_CREAT
-    return os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""}))
-
-
-# --- HdrHistogram ------------------------------------------------------------
 class HdrLayout:
     """The bucket layout of an HdrHistogram (lowest 1, given highest and significant figures).
 
@@ -200,97 +147,3 @@ def _hdr_mean_stddev(layout: HdrLayout, index: np.ndarray, counts: np.ndarray, t
         dev = float(int(m)) - mean
         deviation += (dev * dev) * int(c)
     return mean, math.sqrt(deviation / total)
-
-
-# --- per-trigger table and plot ------------------------------------------------
-def require_pyarrow(path) -> None:
-    """Parquet is written with pyarrow, an optional dependency: say so clearly when it is missing."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise ExportError(f"--parquet {path}: writing Parquet needs pyarrow (pip install pyarrow), "
-                          f"or use --csv") from None
-
-
-class TableWriter:
-    """Per-trigger rows written as they come, part by part: CSV, or Parquet (needs pyarrow).
-    The file is created owner-only when the writer is made; close() finishes it."""
-
-    def __init__(self, path, columns: tuple[str, ...], parquet: bool = False):
-        self.path, self.columns, self.parquet = path, columns, parquet
-        if parquet:
-            require_pyarrow(path)
-        self._out = open_private(path, binary=parquet)
-        self._parquet_writer = None
-
-    def write(self, columns: dict[str, np.ndarray]) -> None:
-        import pandas as pd
-        frame = pd.DataFrame({name: columns[name] for name in self.columns})
-        if self.parquet:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if self._parquet_writer is None:
-                self._parquet_writer = pq.ParquetWriter(self._out, table.schema)
-            self._parquet_writer.write_table(table)
-        else:
-            frame.to_csv(self._out, index=False, header=self._out.tell() == 0)
-
-    def close(self) -> None:
-        if self._parquet_writer is None and self._out.tell() == 0:     # no part came: an empty table
-            self.write({name: np.zeros(0, np.int64) for name in self.columns})
-        if self._parquet_writer is not None:
-            self._parquet_writer.close()
-        self._out.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def write_table(path, columns: dict[str, np.ndarray], parquet: bool = False) -> None:
-    """Per-trigger rows as CSV, or as Parquet (needs pyarrow), in one go."""
-    with TableWriter(path, tuple(columns), parquet) as writer:
-        writer.write(columns)
-
-
-def write_plot(path, values_ns: np.ndarray, title: str) -> None:
-    """A PNG: the latency histogram up to p99.9 (left) and the whole CDF on a log axis (right), in us."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = np.sort(np.asarray(values_ns, dtype=np.int64))
-    us = values / 1000.0
-    fig, (hist, cdf) = plt.subplots(1, 2, figsize=(11, 4.2))
-    if values.size:
-        edge = nearest_rank(values, PERCENTILES["p99_9"]) / 1000.0
-        shown = us[us <= edge]
-        hist.hist(shown, bins=min(200, max(10, int(np.sqrt(shown.size)))), color="tab:blue")
-        for key in ("p50", "p99"):
-            mark = nearest_rank(values, PERCENTILES[key]) / 1000.0
-            hist.axvline(mark, color="k", ls="--", lw=0.8)
-            hist.annotate(key, (mark, 0.95), xycoords=("data", "axes fraction"), fontsize=8)
-        hist.set_title(f"histogram up to p99.9 ({values.size - shown.size} above not shown)", fontsize=10,
-                       loc="left")
-        cdf.plot(us, np.arange(1, values.size + 1) / values.size, color="tab:blue", lw=1.2)
-        if us[0] > 0:
-            cdf.set_xscale("log")
-    else:
-        for ax in (hist, cdf):
-            ax.text(0.5, 0.5, "no matched triggers", ha="center", transform=ax.transAxes)
-    hist.set_xlabel("tick-to-trade (us)")
-    hist.set_ylabel("triggers")
-    cdf.set_xlabel("tick-to-trade (us)")
-    cdf.set_ylabel("fraction of triggers <= x")
-    cdf.set_ylim(0, 1.0)
-    cdf.set_title("CDF", fontsize=10, loc="left")
-    for ax in (hist, cdf):
-        ax.grid(alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    with open_private(path, binary=True) as out:
-        fig.savefig(out, format="png", dpi=110)
-    plt.close(fig)

@@ -21,38 +21,42 @@ replies. Frames carry IPv4 127.0.0.1, the real ports and the 32-byte TCP header 
 """
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
-from lab.capture.records import PacketBatch
+from lab.capture.frames import (TCP_TIMESTAMPS_FRAME_HEADER, TCP_TIMESTAMPS_OPTION, UDP_FRAME_HEADER, frame_rows,
+                                frames_bytes, header_rows, put_ipv4_checksums, put_payloads)
+from lab.capture.records import INBOUND, OUTBOUND, PacketBatch
 from lab.venue.gateway import Read
 
-LOOPBACK = bytes([127, 0, 0, 1])
-ETHERNET = bytes(12) + b"\x08\x00"
-IPV4 = struct.Struct(">BBHHHBBH4s4s")
-UDP = struct.Struct(">HHHH")
-TCP = struct.Struct(">HHIIBBHHH")
-TCP_TIMESTAMPS = bytes([1, 1, 8, 10]) + bytes(8)   # NOP NOP TS: the 32-byte header Linux sends
+LOOPBACK = 0x7F000001
 SYN, PSH_ACK = 0x02, 0x18
-INBOUND, OUTBOUND = 1, 2
 
 
-def _ipv4(protocol: int, payload: bytes) -> bytes:
-    header = IPV4.pack(0x45, 0, 20 + len(payload), 0, 0x4000, 64, protocol, 0, LOOPBACK, LOOPBACK)
-    total = sum(struct.unpack(">10H", header))
-    total = (total & 0xFFFF) + (total >> 16)
-    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
-    return ETHERNET + header[:10] + struct.pack(">H", checksum) + header[12:] + payload
-
-
-def udp_frame(src: int, dst: int, payload: bytes) -> bytes:
-    return _ipv4(17, UDP.pack(src, dst, 8 + len(payload), 0) + payload)
-
-
-def tcp_frame(src: int, dst: int, seq: int, flags: int, payload: bytes = b"") -> bytes:
-    header = TCP.pack(src, dst, seq & 0xFFFFFFFF, 0, 8 << 4, flags, 65535, 0, 0) + TCP_TIMESTAMPS
-    return _ipv4(6, header + payload)
+def loopback_frames(is_udp, sport, dport, seq, flags, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames as they cross `lo`, back to back, and their lengths: 127.0.0.1 both ways, TTL 64,
+    DF, a zero Ethernet header, TCP with the timestamps option; UDP and TCP checksums 0."""
+    is_udp = np.asarray(is_udp, bool)
+    size = np.array([len(p) for p in payloads], np.int64)
+    header = np.where(is_udp, UDP_FRAME_HEADER.itemsize, TCP_TIMESTAMPS_FRAME_HEADER.itemsize)
+    frame_len = header + size
+    out = frame_rows(frame_len)
+    for rows, dtype in ((np.flatnonzero(is_udp), UDP_FRAME_HEADER),
+                        (np.flatnonzero(~is_udp), TCP_TIMESTAMPS_FRAME_HEADER)):
+        fields = header_rows(dtype, rows.size)
+        fields["ip_length"], fields["fragment"], fields["ttl"] = header[rows] - 14 + size[rows], 0x4000, 64
+        fields["ip_src"] = fields["ip_dst"] = LOOPBACK
+        fields["sport"], fields["dport"] = np.asarray(sport)[rows], np.asarray(dport)[rows]
+        if dtype is UDP_FRAME_HEADER:
+            fields["protocol"], fields["udp_length"] = 17, 8 + size[rows]
+        else:
+            fields["protocol"], fields["seq"] = 6, np.asarray(seq, np.int64)[rows] & 0xFFFFFFFF
+            fields["offset_flags"] = 8 << 12 | np.asarray(flags, np.uint16)[rows]
+            fields["window"], fields["options"] = 65535, np.void(TCP_TIMESTAMPS_OPTION)
+        out[rows, :dtype.itemsize] = fields.view(np.uint8).reshape(rows.size, dtype.itemsize)
+    put_payloads(out, np.arange(size.size), header, np.frombuffer(b"".join(payloads), np.uint8),
+                 np.cumsum(size) - size, size)
+    put_ipv4_checksums(out)
+    return frames_bytes(out, frame_len), frame_len
 
 
 def order_pieces(reads: list[Read], records: np.ndarray, prefix: int | None):
@@ -76,10 +80,10 @@ def rebuild(md_payloads: list[bytes], md_venue: np.ndarray, md_tx_ns: np.ndarray
             orders: np.ndarray, prefix: int | None) -> PacketBatch:
     """venues: (venue id, gateway port, the gateway's reads, its records, when it accepted each engine port);
     orders: the engine's telemetry."""
-    frames, stamps, direction = [], [], []
+    frames, stamps, direction = [], [], []              # frames as (is_udp, sport, dport, seq, flags, payload)
     for payload, venue, tx in zip(md_payloads, md_venue.tolist(), md_tx_ns.tolist()):
         if tx > 0:
-            frames.append(udp_frame(feed_src[venue], feed_dst[venue], payload))
+            frames.append((True, feed_src[venue], feed_dst[venue], 0, 0, payload))
             stamps.append(tx)
             direction.append(INBOUND)
     decided = {(int(v), int(c)): int(t) for v, c, t in zip(orders["venue"], orders["client_order_id"],
@@ -100,17 +104,15 @@ def rebuild(md_payloads: list[bytes], md_venue: np.ndarray, md_tx_ns: np.ndarray
             data = read.data[start - read.stream_offset:end - read.stream_offset]
             key = (venue, ends.get(end, prefix_ends.get(end)))
             stamp = decided.get(key) if end in ends else primed.get(key) if end in prefix_ends else None
-            frames.append(tcp_frame(engine_port, port, 1 + start, PSH_ACK, data))
+            frames.append((False, engine_port, port, 1 + start, PSH_ACK, data))
             stamps.append(stamp or read.rx_ns)
             direction.append(OUTBOUND)
-        frames.append(tcp_frame(engine_port, port, 0, SYN))       # the handshake: done when it was accepted
+        frames.append((False, engine_port, port, 0, SYN, b""))    # the handshake: done when it was accepted
         stamps.append(min(accepted_ns.get(engine_port, stamps[first]), *stamps[first:]) - 1)
         direction.append(OUTBOUND)
     order = np.argsort(np.array(stamps, np.int64), kind="stable")
-    frames = [frames[i] for i in order]
-    lengths = np.array([len(f) for f in frames], np.int64)
-    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-    data = np.frombuffer(b"".join(frames), np.uint8)
-    return PacketBatch(data=data, offset=offsets, caplen=lengths.astype(np.uint32), wire_len=lengths.astype(np.uint32),
-                       ts_ns=np.array(stamps, np.int64)[order], interface=np.zeros(len(frames), np.uint16),
-                       direction=np.array(direction, np.int8)[order])
+    columns = list(zip(*[frames[i] for i in order])) or [()] * 6
+    data, lengths = loopback_frames(*columns[:5], list(columns[5]))
+    return PacketBatch(data=data, offset=np.cumsum(lengths) - lengths, caplen=lengths.astype(np.uint32),
+                       wire_len=lengths.astype(np.uint32), ts_ns=np.array(stamps, np.int64)[order],
+                       interface=np.zeros(len(frames), np.uint16), direction=np.array(direction, np.int8)[order])

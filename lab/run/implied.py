@@ -34,9 +34,9 @@ from engine.clock import Calibration
 from engine.telemetry import read_telemetry
 from lab.analysis.correlation import causality, envelope, run_calibration
 from lab.analysis.measure import MeasureError, MeasureOptions, measure
-from lab.analysis.stats import summarize
-from lab.capture.runinfo import read_run_info
-from lab.capture.taps import EXCHANGE_TAP, HOST_TAP, HostLink
+from lab.percentiles import summarize
+from lab.run.runinfo import read_run_info
+from lab.run.taps import EXCHANGE_TAP, HOST_TAP, HostLink
 from simulator.scenario import parse_scenario
 
 CHAIN = ("t_md", "kernel_rx", "app_in", "decision", "app_out", "kernel_tx", "host_out", "arbiter")

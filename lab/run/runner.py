@@ -6,13 +6,13 @@ One experiment, in order:
    (exchange departures at `rate`, queueing included).
 2. The loopback capture starts (a child process: AF_PACKET on `lo`, which needs
    CAP_NET_RAW; without it, `auto` rebuilds the capture from the sockets' own stamps,
-   lab.capture.sockets), then the venues (order gateway + matching engine each), then the
+   lab.run.sockets), then the venues (order gateway + matching engine each), then the
    engine (`python -m engine`, with telemetry and its persistence log).
 3. Once the engine has connected to every venue, the feed puts each datagram onto
    loopback at its instant; the venue loop serves the gateways while it waits.
 4. The engine is stopped with SIGTERM (it writes telemetry and its log), the capture is
    stopped, and the loopback frames become the run's hardware-style pcapng
-   (lab.capture.taps), with the run info (scenario, host latencies, the lab's clock
+   (lab.run.taps), with the run info (scenario, host latencies, the lab's clock
    samples) in its section comment.
 
 Whatever happens, everything started is stopped: processes, sockets, shared memory. Killed
@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from engine.clock import paired_sample
+from engine.gateway import STRATEGIES as REAL_STRATEGIES      # what the real engine's gateway sends
 from engine.lifeline import child_environment, die_with_parent, is_alive
 from engine.net import recv_stamped, udp_receiver
 from engine.protocol import md
@@ -47,18 +48,17 @@ from engine.queues import sweep_stale_segments
 from engine.telemetry import read_telemetry
 from lab.capture import open_capture
 from lab.capture.live import LiveCapture
-from lab.capture.runinfo import run_info_comment
-from lab.capture.sockets import rebuild
-from lab.capture.taps import build_taps, write_taps
 from lab.errors import LabError
+from lab.run.feeds import feed_source
+from lab.run.runinfo import run_info_comment
+from lab.run.sockets import rebuild
+from lab.run.taps import build_taps, write_taps
 from lab.venue.feed import FeedPublisher
 from lab.venue.gateway import OrderGateway
-from lab.venue.market import feed_source
 from lab.venue.matching import MatchingEngine, queue_model
 from simulator.errors import SimulatorError
 from simulator.scenario import load_scenario, scenario_text
 
-REAL_STRATEGIES = ("none", "tcp-prefix")
 CAPTURES = ("auto", "packet", "sockets")
 MODELS = {   # the engine's trade models lab run can start, with their parameters
     "imbalance-taker": ["qty = 1", "threshold_pct = 70"],
@@ -470,7 +470,7 @@ def sweep_stale_runs() -> None:
 
 
 def _rebuild_from_sockets(payloads, feed, delivery, publisher, feed_ports, gateways, sent_orders, options):
-    """The frames the sockets' own stamps can tell (lab.capture.sockets)."""
+    """The frames the sockets' own stamps can tell (lab.run.sockets)."""
     sent = []
     for payload, app_ns in zip(payloads, delivery.app_ns.tolist()):     # the bytes as sent: send_ts set
         patched = bytearray(payload)

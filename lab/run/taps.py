@@ -27,13 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from lab.analysis.decode import OK, PROTO_TCP, PROTO_UDP, decode
-from lab.capture.records import Interface, PacketBatch
+from lab.capture.records import INBOUND, OUTBOUND, Interface, PacketBatch
 from lab.capture.writer import PcapngWriter
 from simulator.scenario import Scenario
 from simulator.units import bits_time_ps, format_rate
 
 HOST_TAP, EXCHANGE_TAP = "host-tap", "exchange-tap"
-INBOUND, OUTBOUND = 1, 2            # epb_flags direction as seen from the host
 ETHERNET_HEADER = 14                # lo frames carry one, with zero addresses
 PS_PER_NS = 1000
 SEND_MATCH_NS = 50_000            # a frame is tapped at most this long before its TX stamp
