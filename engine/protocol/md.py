@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import Field, Layout, as_bytes_array, gather
-from engine.protocol.registry import MdProtocol
+from engine.protocol.registry import MdMessages, MdProtocol
 
 MAGIC = b"WM"
 VERSION = 1
@@ -220,7 +220,10 @@ class WmMarketData(MdProtocol):
         rows = np.flatnonzero(lengths >= HEADER_SIZE)
         headers = decode_md_headers(data, offsets[rows])
         ok = valid_md_headers(headers, lengths[rows])
-        return rows[ok], headers["seq"][ok].astype(np.int64)
+        return MdMessages(rows[ok], headers["seq"][ok].astype(np.int64), headers["send_ts_ns"][ok].astype(np.int64))
+
+    def decode(self, payload) -> MdDatagram:
+        return decode_md(payload)
 
     def synth_payloads(self, cols: dict, index, tick: int):
         n_updates, n_trades = cols["n_updates"][index], cols["n_trades"][index]

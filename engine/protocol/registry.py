@@ -1,8 +1,11 @@
-"""The protocols by name: each wire-protocol module declares one protocol object and registers it.
+"""The protocols by name. Each wire-protocol module (md.py, orders.py, fix.py) declares one
+protocol object, PROTOCOL; the registry takes the built-in ones first, in a fixed order, and
+any other one given to `register` (a user's, a test's) after them.
 
 Everything outside engine/protocol/ receives a protocol object and calls it: nothing else
-compares a protocol's name. An order protocol (OrderProtocol) is an order-entry stream over
-TCP, as the engine's gateway, the venue's gateway, `lab synth` and `lab measure` use it.
+compares a protocol's name. A market-data protocol (MdProtocol) is messages in UDP datagrams;
+an order protocol (OrderProtocol) is an order-entry stream over TCP, as the engine's gateway,
+the venue's gateway, `lab synth` and `lab measure` use it.
 """
 from __future__ import annotations
 
@@ -19,15 +22,22 @@ _BUILT_IN = ("engine.protocol.md", "engine.protocol.orders", "engine.protocol.fi
 _loaded = False
 
 
+class MdMessages(NamedTuple):
+    """Market-data messages found in a batch of datagrams, one row each (int64 arrays)."""
+    datagram: object              # index of the datagram it came in
+    seq: object                   # its sequence number
+    send_ts_ns: object            # the sender's clock in it, ns since the epoch (0: none)
+
+
 class MdProtocol:
     """A market-data protocol: messages in UDP datagrams, each message with its own sequence
     number. A module declares one subclass instance.
 
     Declared as data: `name`, `title`, `framing` (how messages are found in a datagram),
-    `layouts` (the message tables), `seq_field`/`send_ts_field` (the fields the venue's feed
-    stamps as it sends), and `kernel_probe`: for a protocol of one message per datagram, the
-    offsets that let the capture kernel (lab/analysis/_kernels.c) read the seq as it decodes
-    the packet headers, or None.
+    `layouts` (the message tables), and `kernel_probe`: for a protocol of one message per
+    datagram, the offsets that let the capture kernel (lab/analysis/_kernels.c) read the seq as
+    it decodes the packet headers, or None. The methods are what lab measure, lab synth, the
+    venue's feed and lab run call.
     """
     name: str = ""
     title: str = ""
@@ -36,10 +46,13 @@ class MdProtocol:
     layouts: tuple = ()
     kernel_probe: tuple | None = None
 
-    def messages(self, data, offsets, lengths):
+    def messages(self, data, offsets, lengths) -> MdMessages:
         """Every message of the datagrams whose payloads are data[offsets:offsets + lengths],
-        vectorised: (index of the datagram each came in, its seq) as int64 arrays. A payload
-        that is not this protocol's has no messages."""
+        vectorised. A payload that is not this protocol's has no messages."""
+        raise NotImplementedError
+
+    def decode(self, payload):
+        """One datagram's messages that change a book, as objects (ProtocolError if malformed)."""
         raise NotImplementedError
 
     def synth_payloads(self, cols: dict, index, tick: int):

@@ -42,7 +42,6 @@ from engine.clock import paired_sample
 from engine.gateway import STRATEGIES as REAL_STRATEGIES      # what the real engine's gateway sends
 from engine.lifeline import child_environment, die_with_parent, is_alive
 from engine.net import recv_stamped, udp_receiver
-from engine.protocol import md
 from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS, md_protocol, order_protocol
 from engine.queues import sweep_stale_segments
 from engine.telemetry import read_telemetry
@@ -373,7 +372,7 @@ def run(options: RunOptions) -> RunResult:
         t0 = time.time_ns() + START_LEAD_NS
         deliver_at = t0 + deliver_ps // PS_PER_NS
         publisher = FeedPublisher({i + 1: ("127.0.0.1", port) for i, port in enumerate(feed_ports)})
-        decoded = [md.decode_md(p) for p in payloads]
+        decoded = [md_protocol(DEFAULT_MD).decode(p) for p in payloads]
         matching = {g.venue: g.matching for g in gateways}
 
         def idle(budget_s: float) -> None:

@@ -39,3 +39,18 @@ def test_sniffing_tells_the_order_protocols_apart_by_their_first_bytes():
     assert sniff_orders(b"8=FIX.4.2\x019=").name == "fix"
     assert sniff_orders(b"\xff\xff\xff\xff\xff") is order_protocol("binary")      # the default
     assert fix.FixOrders().sniff(b"8=FIX") and not orders.BinaryOrders().sniff(b"8=FIX")
+
+
+def test_the_md_protocol_finds_each_datagrams_seq_and_send_time_in_a_batch():
+    """WM: one message per datagram. Payloads that are not WM, or are cut short, have none."""
+    from engine.protocol import md
+    grams = [md.MdDatagram(1, 100 + k, 7, 10**18 + k, (md.L2Update(md.BID, md.SET, 10, 1),
+                                                       md.L2Update(md.ASK, md.SET, 11, 1))).encode() for k in range(3)]
+    payloads = [grams[0], b"not market data at all, but long enough to hold a header", grams[1][:-1], grams[2]]
+    data = b"".join(payloads)
+    lengths = [len(p) for p in payloads]
+    offsets = [sum(lengths[:k]) for k in range(len(payloads))]
+    found = md_protocol("wm").messages(data, offsets, lengths)
+    assert found.datagram.tolist() == [0, 3] and found.seq.tolist() == [100, 102]
+    assert found.send_ts_ns.tolist() == [10**18, 10**18 + 2]
+    assert md_protocol("wm").decode(grams[1]).seq == 101
