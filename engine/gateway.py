@@ -178,8 +178,9 @@ class OrderGateway:
         else:                                          # _new_wire_id, inlined: this is the hot path
             wire_id = session.next_wire_id
             session.next_wire_id = wire_id + 1
-        data, message_bytes = session.client.order(wire_id, md_seq, instrument, side, tif, price, qty,
-                                                   primed is not None)
+        client = session.client
+        data = (client.order(wire_id, md_seq, instrument, side, tif, price, qty) if primed is None
+                else client.rest(wire_id, md_seq, instrument, side, tif, price, qty))
         app_out = tsc()
         if not self._send(session, data):
             return
@@ -192,7 +193,7 @@ class OrderGateway:
             session.prefix_end.pop(prefix_end, None)
         self.telemetry.record(venue, session.sent - 1, (
             md_seq, venue, wire_id, kernel_rx, origin, decided, app_out, 0, prefix_ns, len(data),
-            message_bytes - len(data)), prefix_end)
+            client.order_bytes - len(data)), prefix_end)
         session.primed = None
         self.counts["orders"] += 1
         self._prime(session)

@@ -734,6 +734,8 @@ class FixClient:
     """One FIX session's orders, as the engine's gateway sends them. A primed order's MsgSeqNum
     and SendingTime are fixed when its prefix goes out."""
 
+    order_bytes = NEW_ORDER_SINGLE_SIZE
+
     def __init__(self, account: int, sender: str, target: str):
         self.account, self.sender, self.target = account, sender, target
         self.seq_num = 1                               # next MsgSeqNum
@@ -748,10 +750,14 @@ class FixClient:
         return NewOrderSingle(self.sender, self.target, seq_num, sending_time, self.account, wire_id, md_seq,
                               f"{instrument:08d}", side or 1, qty, price, time.time_ns(), tif).encode()
 
-    def order(self, wire_id, md_seq, instrument, side, tif, price, qty, primed: bool) -> tuple[bytes, int]:
+    def order(self, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
+        return self._order(wire_id, md_seq, instrument, side, tif, price, qty)
+
+    def rest(self, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
+        """The primed order's bytes after its prefix (its MsgSeqNum and SendingTime were fixed then)."""
         message = self._order(wire_id, md_seq, instrument, side, tif, price, qty)
         self.primed = None
-        return (message[NEW_ORDER_SINGLE_PREFIX_BYTES:] if primed else message), len(message)
+        return message[NEW_ORDER_SINGLE_PREFIX_BYTES:]
 
     def prefix(self, wire_id: int) -> bytes:
         self.primed = (self.seq_num, time.time_ns())

@@ -357,15 +357,19 @@ class BinaryClient:
     _new_order, _cancel = NEW_ORDER.struct.pack, CANCEL.struct.pack
     _ack, _fill, _reject = ACK.struct.unpack, FILL.struct.unpack, REJECT.struct.unpack
 
+    order_bytes = NEW_ORDER_SIZE
+
     def __init__(self, account: int):
         self.account = account
 
-    def order(self, wire_id, md_seq, instrument, side, tif, price, qty, primed: bool) -> tuple[bytes, int]:
-        if primed:
-            return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY, self.account, wire_id, md_seq,
-                                   instrument, side, tif, price, qty)[NEW_ORDER_PREFIX_BYTES:], NEW_ORDER_SIZE
+    def order(self, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
         return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, 0, self.account, wire_id, md_seq, instrument, side,
-                               tif, price, qty), NEW_ORDER_SIZE
+                               tif, price, qty)
+
+    def rest(self, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
+        """The primed order's bytes after its prefix."""
+        return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY, self.account, wire_id, md_seq,
+                               instrument, side, tif, price, qty)[NEW_ORDER_PREFIX_BYTES:]
 
     def prefix(self, wire_id: int) -> bytes:
         return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, FLAG_PREFIX_EARLY, self.account, wire_id,

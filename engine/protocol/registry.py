@@ -99,10 +99,11 @@ class OrderProtocol:
 
     # -- the engine's gateway --------------------------------------------------------------------
     def client(self, account: int, sender: str, target: str):
-        """One session's order entry, as the engine sends it: an object with
-        order(wire_id, md_seq, instrument, side, tif, price, qty, primed) -> (bytes to send, message bytes),
-        prefix(wire_id), void(wire_id), cancel(wire_id, md_seq, target_wire, instrument, side, qty),
-        and replies(inbox) -> VenueReplies."""
+        """One session's order entry, as the engine sends it: an object with `order_bytes` (a new
+        order's size) and order(wire_id, md_seq, instrument, side, tif, price, qty) -> the whole
+        new order, rest(the same) -> its bytes after a primed prefix, prefix(wire_id),
+        void(wire_id), cancel(wire_id, md_seq, target_wire, instrument, side, qty), and
+        replies(inbox) -> VenueReplies."""
         raise NotImplementedError
 
     # -- the venue's gateway -------------------------------------------------------------------
