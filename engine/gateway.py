@@ -98,6 +98,9 @@ class OrderGateway:
         session.retries = 0
         self.counts["connects"] += 1
         self.accounts.publish(ACCOUNT.pack(0, tsc(), 0, 0, session.venue, ord("U"), 0, 0, 0, 0, 0))
+        login = session.client.login()
+        if login and not self._send(session, login):
+            return False
         self._prime(session)
         return True
 

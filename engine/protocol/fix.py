@@ -468,15 +468,17 @@ def _time_value(column: np.ndarray, field: FixField, rows: np.ndarray, start: in
             + second * _SECONDS_NS[2] + milli * NS_PER_MS)
 
 
-_STREAM_START = b"8=FIX.4.2\x019="
+_STREAM_START = b"8=FIX.4.2\x019="        # byte 8 is any digit: FIX 4.0 to 4.4
+_VERSION_AT = 8
 _MAX_LENGTH_DIGITS = 6
 
 
 def frame_fix_stream(stream, start: int = 0) -> StreamFrames:
-    """Cut a reassembled TCP byte stream into FIX 4.2 messages, from `start`.
+    """Cut a reassembled TCP byte stream into FIX 4.x messages, from `start`.
 
-    Any FIX 4.2 message, not only the fixed layouts: a candidate is every
-    occurrence of `8=FIX.4.2<SOH>9=` whose BodyLength leads to `10=nnn<SOH>`;
+    Any FIX 4.0-4.4 message as a FIX engine writes it, not only the fixed layouts:
+    a candidate is every occurrence of `8=FIX.4.n<SOH>9=` whose BodyLength leads to
+    `10=nnn<SOH>`;
     the chain from `start` is the stream's messages (see engine.protocol.stream).
     `msg_type` holds the first byte of each MsgType (35). CheckSums are not
     checked here (decode_fix_messages and parse_fix do). An incomplete last
@@ -488,7 +490,8 @@ def frame_fix_stream(stream, start: int = 0) -> StreamFrames:
     pattern = np.frombuffer(_STREAM_START, np.uint8)
     head = np.flatnonzero(data[start:size - pattern.size + 1] == pattern[0]) + start
     for i in range(1, pattern.size):
-        head = head[data[head + i] == pattern[i]]
+        byte = data[head + i]
+        head = head[(byte >= ord("0")) & (byte <= ord("9")) if i == _VERSION_AT else byte == pattern[i]]
     digits_at = head + pattern.size
     window = _window(data, digits_at, _MAX_LENGTH_DIGITS + 1)
     is_digit = (window >= ord("0")) & (window <= ord("9"))
@@ -515,18 +518,32 @@ def frame_fix_stream(stream, start: int = 0) -> StreamFrames:
     consumed = int(ends[chain[-1]]) if chain.size else start
     error = None
     if not incomplete and consumed < size and not _may_start_message(bytes(data[consumed:])):
-        error = "bytes here do not start a FIX 4.2 message with a valid BodyLength and CheckSum field"
+        error = "bytes here do not start a FIX 4.x message with a valid BodyLength and CheckSum field"
     return StreamFrames(offset=starts[chain], length=ends[chain] - starts[chain],
                         msg_type=data[np.minimum(type_at[chain], size - 1)], consumed=consumed,
                         stream_bytes=size, error=error, error_offset=consumed if error else None)
 
 
+def checksums_valid(stream, frames: StreamFrames) -> np.ndarray:
+    """Whether each framed message's CheckSum (10) is the sum of its bytes before it, mod 256."""
+    data = as_bytes_array(stream)
+    if not len(frames):
+        return np.zeros(0, bool)
+    running = np.concatenate([[0], np.cumsum(data, dtype=np.int64)])
+    checksum_at = frames.offset + frames.length - _CHECKSUM.size
+    digits = _window(data, checksum_at + 3, 3).astype(np.int64) - ord("0")
+    stated = digits @ np.array([100, 10, 1])
+    return ((digits >= 0) & (digits <= 9)).all(axis=1) & ((running[checksum_at] - running[frames.offset]) % 256
+                                                         == stated)
+
+
 def _may_start_message(tail: bytes) -> bool:
     """Whether the stream's last bytes could be the start of a message still arriving."""
-    if len(tail) <= len(_STREAM_START):
-        return _STREAM_START.startswith(tail)
+    for i, byte in enumerate(tail[:len(_STREAM_START)]):
+        if not (48 <= byte <= 57 if i == _VERSION_AT else byte == _STREAM_START[i]):
+            return False
     digits = tail[len(_STREAM_START):]
-    return tail.startswith(_STREAM_START) and digits.isdigit() and len(digits) <= _MAX_LENGTH_DIGITS
+    return not digits or (digits.isdigit() and len(digits) <= _MAX_LENGTH_DIGITS)
 
 
 def _window(data: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
@@ -678,8 +695,11 @@ class FixOrders(OrderProtocol):
     def frame(self, stream) -> StreamFrames:
         return frame_fix_stream(stream)
 
+    def problems(self, stream, frames) -> dict[str, int]:
+        return {"bad_checksums": int(np.count_nonzero(~checksums_valid(stream, frames)))}
+
     def new_orders(self, stream, frames, trigger_tag=None):
-        new = np.flatnonzero(frames.msg_type == ord("D"))
+        new = np.flatnonzero((frames.msg_type == ord("D")) & checksums_valid(stream, frames))
         offsets, lengths = frames.offset[new], frames.length[new]
         return (new, fix_tag_values(stream, offsets, lengths, ORDER_QTY_TAG),
                 fix_tag_values(stream, offsets, lengths, trigger_tag or TRIGGER_SEQ_TAG))
@@ -749,6 +769,9 @@ class FixClient:
             self.seq_num += 1
         return NewOrderSingle(self.sender, self.target, seq_num, sending_time, self.account, wire_id, md_seq,
                               f"{instrument:08d}", side or 1, qty, price, time.time_ns(), tif).encode()
+
+    def login(self) -> bytes:
+        return b""                                     # the session starts with the first order
 
     def order(self, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
         return self._order(wire_id, md_seq, instrument, side, tif, price, qty)

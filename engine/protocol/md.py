@@ -220,10 +220,14 @@ class WmMarketData(MdProtocol):
         rows = np.flatnonzero(lengths >= HEADER_SIZE)
         headers = decode_md_headers(data, offsets[rows])
         ok = valid_md_headers(headers, lengths[rows])
-        return MdMessages(rows[ok], headers["seq"][ok].astype(np.int64), headers["send_ts_ns"][ok].astype(np.int64))
+        return MdMessages(rows[ok], headers["seq"][ok].astype(np.int64), headers["send_ts_ns"][ok].astype(np.int64),
+                          {"not_wm": int(lengths.size - np.count_nonzero(ok))})
 
     def decode(self, payload) -> MdDatagram:
         return decode_md(payload)
+
+    def synth_shape(self, n_updates, n_trades):
+        return md_length(np.asarray(n_updates, np.int64), np.asarray(n_trades, np.int64)), np.ones(len(n_updates), np.int64)
 
     def synth_payloads(self, cols: dict, index, tick: int):
         n_updates, n_trades = cols["n_updates"][index], cols["n_trades"][index]

@@ -300,8 +300,8 @@ class BinaryOrders(OrderProtocol):
     layouts = (NEW_ORDER, CANCEL, ACK, FILL, REJECT)
 
     def sniff(self, head: bytes) -> bool:
-        return (len(head) >= HEADER_BYTES and head[2] in (NEW_ORDER_TYPE, CANCEL_TYPE)
-                and head[0] | head[1] << 8 == SIZE_BY_TYPE[head[2]])
+        """Any message of this protocol, the venue's replies included, with its type's length."""
+        return len(head) >= HEADER_BYTES and SIZE_BY_TYPE[head[2]] != 0 and head[0] | head[1] << 8 == SIZE_BY_TYPE[head[2]]
 
     def frame(self, stream) -> StreamFrames:
         return frame_order_stream(stream)
@@ -361,6 +361,9 @@ class BinaryClient:
 
     def __init__(self, account: int):
         self.account = account
+
+    def login(self) -> bytes:
+        return b""                                     # the session starts with the first order
 
     def order(self, wire_id, md_seq, instrument, side, tif, price, qty) -> bytes:
         return self._new_order(NEW_ORDER_SIZE, NEW_ORDER_TYPE, 0, self.account, wire_id, md_seq, instrument, side,

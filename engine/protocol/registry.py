@@ -12,13 +12,16 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
+import numpy as np
+
 from engine.protocol.errors import ProtocolError
 
 _ORDERS: dict[str, OrderProtocol] = {}
 _MD: dict[str, MdProtocol] = {}
 DEFAULT_ORDERS = "binary"        # what a stream that no protocol recognises is framed as
 DEFAULT_MD = "wm"
-_BUILT_IN = ("engine.protocol.md", "engine.protocol.orders", "engine.protocol.fix")   # each has a PROTOCOL
+_BUILT_IN = ("engine.protocol.md", "engine.protocol.itch50", "engine.protocol.orders", "engine.protocol.fix",
+             "engine.protocol.ouch42")   # each has a PROTOCOL
 _loaded = False
 
 
@@ -26,7 +29,9 @@ class MdMessages(NamedTuple):
     """Market-data messages found in a batch of datagrams, one row each (int64 arrays)."""
     datagram: object              # index of the datagram it came in
     seq: object                   # its sequence number
-    send_ts_ns: object            # the sender's clock in it, ns since the epoch (0: none)
+    timestamp_ns: object          # the sender's clock in it, as the protocol counts (WM: since the epoch;
+    #                               ITCH: since midnight)
+    problems: dict                # what could not be used, by reason (counts)
 
 
 class MdProtocol:
@@ -55,11 +60,16 @@ class MdProtocol:
         """One datagram's messages that change a book, as objects (ProtocolError if malformed)."""
         raise NotImplementedError
 
+    def synth_shape(self, n_updates, n_trades):
+        """`lab synth`'s datagrams of n_updates book levels and n_trades trades (arrays): (payload
+        bytes, messages) of each, as int64 arrays."""
+        raise NotImplementedError
+
     def synth_payloads(self, cols: dict, index, tick: int):
-        """`lab synth`'s market as this protocol's datagrams: `cols` holds, per datagram, venue, seq,
-        instrument, send_ts_ns, n_updates, n_trades (book levels and trades it carries), bid, ask,
-        qty (6 per datagram) and aggressor. The datagrams at `index`, back to back: (uint8 array,
-        int64 start of each)."""
+        """`lab synth`'s market as this protocol's datagrams: `cols` holds, per datagram, venue, seq
+        (its first message's), instrument, send_ts_ns, n_updates, n_trades (book levels and trades it
+        carries), bid, ask, qty (6 per datagram) and aggressor. The datagrams at `index`, back to
+        back: (uint8 array, int64 start of each)."""
         raise NotImplementedError
 
     def stamp(self, payload: bytearray, seq: int | None = None, send_ts_ns: int | None = None) -> None:
@@ -91,6 +101,17 @@ class OrderProtocol:
         """Cut a reassembled stream into messages: an engine.protocol.stream.StreamFrames."""
         raise NotImplementedError
 
+    carries_trigger = True        # do new orders hold their trigger's MD seq? (OUCH's do not)
+
+    def problems(self, stream, frames) -> dict[str, int]:
+        """What in the framed stream could not be used, by reason (none by default)."""
+        return {}
+
+    def order_ids(self, stream, frames, rows):
+        """The client order id of each new order at frame rows `rows` (int64, -1 unknown): the key
+        a telemetry file links to a trigger when the order carries none."""
+        return np.full(len(rows), -1, np.int64)
+
     def new_orders(self, stream, frames, trigger_tag: int | None = None):
         """(frame indices of new orders, their quantities, their trigger MD seqs, -1 if none) as
         int64 arrays. `trigger_tag` names another field holding the trigger, where the protocol
@@ -100,10 +121,10 @@ class OrderProtocol:
     # -- the engine's gateway --------------------------------------------------------------------
     def client(self, account: int, sender: str, target: str):
         """One session's order entry, as the engine sends it: an object with `order_bytes` (a new
-        order's size) and order(wire_id, md_seq, instrument, side, tif, price, qty) -> the whole
-        new order, rest(the same) -> its bytes after a primed prefix, prefix(wire_id),
-        void(wire_id), cancel(wire_id, md_seq, target_wire, instrument, side, qty), and
-        replies(inbox) -> VenueReplies."""
+        order's size), login() -> what to send first on a new connection (b"" for none),
+        order(wire_id, md_seq, instrument, side, tif, price, qty) -> the whole new order, rest(the
+        same) -> its bytes after a primed prefix, prefix(wire_id), void(wire_id),
+        cancel(wire_id, md_seq, target_wire, instrument, side, qty), and replies(inbox) -> VenueReplies."""
         raise NotImplementedError
 
     # -- the venue's gateway -------------------------------------------------------------------
@@ -124,6 +145,11 @@ class OrderProtocol:
         per field: account, client_order_id, trigger_seq, instrument, side, price, qty."""
         raise NotImplementedError
 
+    def synth_session(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """What a session says around its orders, for lab synth: the client's opening bytes (a
+        login), the venue's answer, the client's closing bytes and the venue's. Empty by default."""
+        return b"", b"", b"", b""
+
     def synth_replies(self, order: dict, rejected, filled, venue_ts_ns):
         """The venue's answer to each order, back to back: a reject, an ack, or an ack then a fill
         (`order` adds venue_order_id and exec_id). Returns (uint8 stream, bytes of each order's
@@ -133,7 +159,8 @@ class OrderProtocol:
 
 class VenueRequest(NamedTuple):
     """A client's message as the venue's matching engine takes it."""
-    kind: str                         # new, cancel, void (a new order of quantity 0)
+    kind: str                         # new, cancel, void (a new order of quantity 0), or session (a login,
+    #                                   a heartbeat: for the gateway alone, answered with `answer`)
     client_order_id: int
     trigger_seq: int
     instrument: int = 0
@@ -142,6 +169,7 @@ class VenueRequest(NamedTuple):
     qty: int = 0
     time_in_force: int = 0
     orig_client_order_id: int = 0     # a cancel's target
+    answer: bytes = b""               # what the venue sends back at once to a session message
 
 
 class VenueReplies(NamedTuple):
@@ -194,6 +222,11 @@ def md_protocol(name: str) -> MdProtocol:
         return _MD[name]
     except KeyError:
         raise ProtocolError(f"unknown market-data protocol {name!r}: use one of {', '.join(_MD)}") from None
+
+
+def md_protocols() -> list[MdProtocol]:
+    _load()
+    return list(_MD.values())
 
 
 def md_protocol_names() -> tuple[str, ...]:

@@ -105,8 +105,8 @@ _KERNEL_COLUMNS = {
     "tcp_flags": np.uint16, "payload_offset": np.int64, "payload_len": np.int32, "payload_caplen": np.int32,
 }
 
-# How the kernel tells a market-data datagram from other UDP, and reads its seq: the WM
-# declaration's probe (engine.protocol.md; magic, version and type, at least the best bid and
+# How the kernel tells a market-data datagram from other UDP, and reads its seq: by default the
+# WM declaration's probe (engine.protocol.md; magic, version and type, at least the best bid and
 # ask, and the length field equal to both the entry counts and the UDP payload).
 MD_LAYOUT = md_protocol(DEFAULT_MD).kernel_probe
 
@@ -126,12 +126,12 @@ class Workspace:
         return {name: column[:n] for name, column in self.columns.items()}
 
 
-def decode(batch, linktypes, md_seq: bool = False, workspace: Workspace | None = None):
+def decode(batch, linktypes, md_seq: bool = False, workspace: Workspace | None = None, md_probe=MD_LAYOUT):
     """Decode every packet of `batch`. `linktypes[i]` is interface i's link type.
 
     With md_seq=True returns (PacketTable, md_seq): md_seq is the seq of each
-    packet whose UDP payload is a valid WM market-data datagram, else -1, read
-    in the same pass.
+    packet whose UDP payload is a valid market-data datagram of one message, as the
+    MD protocol's `kernel_probe` tells (WM by default), else -1, read in the same pass.
     """
     n = len(batch)
     columns = (workspace or Workspace()).take(n)
@@ -142,7 +142,7 @@ def decode(batch, linktypes, md_seq: bool = False, workspace: Workspace | None =
     table = np.where((numbers >= 0) & (numbers < 0xFFFF), numbers, 0xFFFF).astype(np.uint16)
     _kernels.decode(batch.data, np.ascontiguousarray(batch.offset, np.int64),
                    np.ascontiguousarray(batch.caplen, np.uint32), np.ascontiguousarray(batch.interface, np.uint16),
-                   table, tuple(columns.values()), seq, MD_LAYOUT)
+                   table, tuple(columns.values()), seq, md_probe)
     result = PacketTable(ts_ns=batch.ts_ns, interface=batch.interface, direction=batch.direction,
                          caplen=batch.caplen, wire_len=batch.wire_len, **columns)
     return (result, seq) if md_seq else result

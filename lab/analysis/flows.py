@@ -46,8 +46,13 @@ def concat(parts: list[dict], dtypes: dict) -> dict[str, np.ndarray]:
 class OrderFlows:
     """Every order flow of a capture, fed part by part."""
 
-    def __init__(self, match: MatchMode, line_rate_bps: int | None):
+    def __init__(self, match: MatchMode, line_rate_bps: int | None, protocol: str | None = None, links=None):
+        """protocol: the order protocol's name (None: sniffed per flow). links: (client order ids,
+        their trigger seqs), sorted by id, for orders whose protocol carries no trigger."""
         self.match, self.line_rate_bps = match, line_rate_bps
+        self.forced = registry.order_protocol(protocol) if protocol else None
+        self.links = links
+        self.problems: dict[str, int] = {}
         self.ids: dict[tuple[int, int], int] = {}       # (src+dst IP, src+dst port) -> flow id
         self.protocol: list[registry.OrderProtocol | None] = []   # per flow, once sniffed
         self.offset: list[int] = []         # stream offset of the first byte still wanted
@@ -68,7 +73,16 @@ class OrderFlows:
     def figures(self) -> dict:
         return {"flows": self.flows, "segments": self.segments, "duplicate_bytes": self.duplicate_bytes,
                 "bytes_after_holes": self.bytes_after_holes, "void_orders": self.voids,
-                "framing_errors": self.framing_errors}
+                "framing_errors": self.framing_errors, "order_problems": self.problems}
+
+    def protocols(self) -> list[str]:
+        """The order protocols of the flows seen so far, by name."""
+        return sorted({p.name for p in self.protocol if p is not None})
+
+    def carry_triggers(self) -> bool | None:
+        """Whether the flows' orders say which MD triggered them (None: no flow identified yet)."""
+        known = [p for p in self.protocol if p is not None]
+        return any(p.carries_trigger for p in known) or self.links is not None if known else None
 
     def _flow_ids(self, key_ips: np.ndarray, key_ports: np.ndarray) -> np.ndarray:
         ips, _ = pd.factorize(key_ips)            # hash-based: flows in order of appearance
@@ -144,6 +158,8 @@ class OrderFlows:
         """Whole messages of flow f's usable stream: (order rows or None, stream bytes used up)."""
         if self.stopped[f] or stream.size == 0:
             return None, 0
+        if self.protocol[f] is None and self.forced is not None:
+            self.protocol[f] = self.forced
         if self.protocol[f] is None:
             need = registry.sniff_bytes()
             if stream.size < need and not final:
@@ -154,11 +170,16 @@ class OrderFlows:
             self.framing_errors.append({"flow": f, "offset": self.offset[f] + frames.error_offset,
                                         "error": frames.error})
             self.stopped[f] = True
-        new, qty, trigger = self.protocol[f].new_orders(
-            stream, frames, self.match.fix_tag if self.match.kind == FIX_TAG else None)
+        protocol = self.protocol[f]
+        for reason, count in protocol.problems(stream, frames).items():
+            self.problems[reason] = self.problems.get(reason, 0) + count
+        new, qty, trigger = protocol.new_orders(stream, frames, self.match.fix_tag if self.match.kind == FIX_TAG
+                                                else None)
         self.voids += int(np.count_nonzero(qty == 0))
         trading = qty != 0                # quantity 0 completes a started message without trading: a void
         new, trigger = new[trading], trigger[trading]
+        if self.links is not None and not protocol.carries_trigger and new.size:
+            trigger = _linked(self.links, protocol.order_ids(stream, frames, new))
         rows = {"flow": np.full(new.size, f, np.int64), "offset": frames.offset[new],
                 "length": frames.length[new], "trigger_seq": trigger}
         return rows, frames.consumed
@@ -208,3 +229,12 @@ class OrderFlows:
         carry["where"] = where
         self.carry, self.carry_payload, self.carry_overlap = carry, payload, overlap
         self.carried_peak = max(self.carried_peak, payload.size)
+
+
+def _linked(links, ids: np.ndarray) -> np.ndarray:
+    """The trigger seq that `links` (sorted ids, their seqs) gives each id; -1 where it has none."""
+    known_ids, seqs = links
+    if not known_ids.size:
+        return np.full(ids.size, -1, np.int64)
+    at = np.minimum(np.searchsorted(known_ids, ids), known_ids.size - 1)
+    return np.where(known_ids[at] == ids, seqs[at], -1).astype(np.int64)

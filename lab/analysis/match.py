@@ -1,8 +1,9 @@
 """Pair each order with the market-data message that triggered it.
 
-Three ways (`--match`):
-- trigger (default): the order carries the MD seq that triggered it (the
-  binary NewOrder's trigger_seq, FIX tag 9001).
+Three ways (`--match`), or `auto` (the command's default): trigger where the orders'
+protocol carries the MD seq or a telemetry file links each order to it, nearest otherwise.
+- trigger: the order carries the MD seq that triggered it (the binary NewOrder's
+  trigger_seq, FIX tag 9001), or telemetry gives it (OUCH's order token).
 - fix-tag:N: FIX tag N of the order holds the MD seq.
 - nearest: no seq at all (captures of foreign systems): an order belongs to the
   last MD message whose first bit came strictly before the order's first bit,
@@ -28,6 +29,7 @@ from lab.errors import LabError
 TRIGGER = "trigger"
 NEAREST = "nearest"
 FIX_TAG = "fix-tag"
+AUTO = "auto"              # trigger where the orders' protocol carries one (or telemetry links it), else nearest
 
 
 class MatchError(LabError):
@@ -44,13 +46,13 @@ class MatchMode:
 
 
 def parse_match(text: str) -> MatchMode:
-    """'trigger', 'nearest' or 'fix-tag:N' (N a positive FIX tag number)."""
-    if text in (TRIGGER, NEAREST):
+    """'auto', 'trigger', 'nearest' or 'fix-tag:N' (N a positive FIX tag number)."""
+    if text in (AUTO, TRIGGER, NEAREST):
         return MatchMode(text)
     found = re.fullmatch(r"fix-tag:([0-9]{1,9})", text)
     if found and int(found.group(1)) > 0:
         return MatchMode(FIX_TAG, int(found.group(1)))
-    raise MatchError(f"--match {text!r}: use trigger, nearest or fix-tag:N (N a FIX tag number)")
+    raise MatchError(f"--match {text!r}: use auto, trigger, nearest or fix-tag:N (N a FIX tag number)")
 
 
 @dataclass

@@ -37,20 +37,26 @@ from __future__ import annotations
 import ipaddress
 import queue
 import threading
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
 
+from engine.protocol.registry import DEFAULT_MD, md_protocol, md_protocols
+from engine.telemetry import read_telemetry
 from lab.analysis import convention
-from lab.analysis.decode import OK, PROTO_TCP, PROTO_UDP, SYN, Workspace, decode
+from lab.analysis.decode import MD_LAYOUT, OK, PROTO_TCP, PROTO_UDP, SYN, Workspace, decode
 from lab.analysis.flows import SEGMENT_COLUMNS, OrderFlows, concat
 from lab.analysis.gather import gather_ragged
-from lab.analysis.match import MD_COLUMNS, NEAREST, TRIGGER, MatchMode, MdWindow
+from lab.analysis.match import AUTO, MD_COLUMNS, NEAREST, TRIGGER, MatchMode, MdWindow
 from lab.capture import NO_TIMESTAMP, open_capture
 from lab.capture.records import INBOUND
 from lab.capture.trailers import restamp_from_trailers
 from lab.errors import LabError
+
+SNIFF_DATAGRAMS = 2000          # UDP datagrams each MD protocol is tried on before one is chosen
+
 
 class MeasureError(LabError):
     """Options of a measurement that cannot work together."""
@@ -84,6 +90,10 @@ class MeasureOptions:
     convention: str = convention.HARDWARE
     line_rate_bps: int | None = None
     match: MatchMode = field(default_factory=lambda: MatchMode(TRIGGER))
+    md_protocol: str | None = None       # the market-data protocol's name (None: sniffed from the UDP)
+    order_protocol: str | None = None    # the order protocol's name (None: sniffed per TCP flow)
+    links: tuple | None = None           # (client order ids, trigger seqs), sorted by id: telemetry's link
+    #                                      for orders whose protocol carries no trigger (OUCH)
     md_flow: Endpoint | None = None      # only UDP to here is MD (and any datagram there counts)
     order_flow: Endpoint | None = None   # only TCP to here carries orders
     trailer: str | None = None           # "expcap" or "metamako": stamps from the timing card's trailer
@@ -117,6 +127,8 @@ class Measurement:
     non_monotonic: int
     parts: int                         # epochs the capture was read in
     carried_peak: dict[str, int]       # most MD rows and order payload bytes held from one part to the next
+    protocols: dict                    # the MD protocol and the order protocols measured, by name
+    md_problems: dict[str, int]        # what the MD protocol could not use, by reason
 
 
 def per_trigger_columns(line_rate_bps: int | None) -> tuple[str, ...]:
@@ -151,11 +163,13 @@ def measure(path, options: MeasureOptions | None = None) -> Measurement:
         if options.trailer and "no timestamp" in collector.undecoded:   # the capture's own stamps are unused
             collector.undecoded["no valid trailer"] = collector.undecoded.pop("no timestamp")
         return Measurement(
-            path=str(path), format=capture.format, packets=collector.packets,
-            interfaces=list(capture.interfaces), options=options, counts=results.counts, misses=results.misses,
+            path=str(path), format=capture.format, packets=collector.packets, interfaces=list(capture.interfaces),
+            options=replace(options, match=results.mode), counts=results.counts, misses=results.misses,
             per_trigger=results.per_trigger(), undecoded=collector.undecoded, tcp=results.flows.figures(),
             damage=list(capture.damage), non_monotonic=capture.non_monotonic, parts=results.parts,
-            carried_peak={"md_rows": results.window_peak, "order_bytes": results.flows.carried_peak})
+            carried_peak={"md_rows": results.window_peak, "order_bytes": results.flows.carried_peak},
+            protocols={"md": collector.md.name if collector.md else None, "orders": results.flows.protocols()},
+            md_problems=collector.md_problems)
 
 
 def _interfaces_named(interfaces, name: str | None) -> list[int] | None:
@@ -167,8 +181,9 @@ class _Results:
 
     def __init__(self, options: MeasureOptions):
         self.options = options
-        self.flows = OrderFlows(options.match, options.line_rate_bps)
-        self.window = MdWindow(options.match, options.match_window_ns)
+        self.mode = options.match if options.match.kind != AUTO else MatchMode(TRIGGER)
+        self.flows = OrderFlows(self.mode, options.line_rate_bps, options.order_protocol, options.links)
+        self.window = MdWindow(self.mode, options.match_window_ns)
         self.counts = dict.fromkeys(("md_messages", "orders", "matched", *MISS_KINDS), 0)
         self.misses: dict[str, dict[str, np.ndarray]] = {}
         self.kept: list[dict[str, np.ndarray]] = []
@@ -177,7 +192,9 @@ class _Results:
     def add(self, md: dict, segments: dict, payload: np.ndarray, newest_ns: int | None, final: bool) -> None:
         self.parts += 1
         orders = self.flows.add(segments, payload, final)
-        order_time = orders["order_last_frame_first_bit_ns" if self.options.match.kind == NEAREST
+        if self.options.match.kind == AUTO and self.flows.carry_triggers() is False:
+            self.mode = self.window.mode = MatchMode(NEAREST)
+        order_time = orders["order_last_frame_first_bit_ns" if self.mode.kind == NEAREST
                             else "order_first_bit_ns"]
         found = self.window.match(md, orders["trigger_seq"], orders["order_first_bit_ns"], order_time,
                                   None if final else newest_ns)
@@ -276,11 +293,13 @@ class _Collector:
         self._workspace = Workspace()
         self.pending = 0                     # packets added since the last take
         self._newest: int | None = None      # the latest usable stamp so far
-
+        self.md = md_protocol(options.md_protocol) if options.md_protocol else None   # None until sniffed
+        self.md_problems: dict[str, int] = {}
 
     def add(self, batch, linktypes, interfaces: list[int] | None = None) -> None:
         """interfaces: keep only packets of these interface indices (None: all)."""
-        table, md_seq = decode(batch, linktypes, md_seq=True, workspace=self._workspace)
+        probe = self.md.kernel_probe if self.md is not None and self.md.kernel_probe else MD_LAYOUT
+        table, md_seq = decode(batch, linktypes, md_seq=True, workspace=self._workspace, md_probe=probe)
         for reason, count in table.status_counts().items():
             self.undecoded[reason] = self.undecoded.get(reason, 0) + count
         stamped = table.ts_ns != NO_TIMESTAMP
@@ -293,7 +312,10 @@ class _Collector:
         if usable.any():
             newest = int(table.ts_ns[usable].max())
             self._newest = newest if self._newest is None else max(self._newest, newest)
-        self._add_md(table, md_seq, usable)
+        if self.md is None:
+            self.md = self._sniff_md(table, batch.data, usable)
+        if self.md is not None:
+            self._add_md(table, batch.data, md_seq, usable)
         tcp = usable & (table.proto == PROTO_TCP) & (table.direction != INBOUND)
         tcp &= (table.payload_caplen > 0) | ((table.tcp_flags & SYN) != 0)
         if self.options.order_flow:
@@ -302,12 +324,36 @@ class _Collector:
         self.packets += len(table)
         self.pending += len(table)
 
-    def _add_md(self, table, md_seq, usable) -> None:
-        flow = self.options.md_flow
-        if flow:       # any datagram to the MD flow counts, with or without a WM header
-            rows = np.flatnonzero(usable & (table.proto == PROTO_UDP) & (table.dst_ip == flow.ip)
-                                  & (table.dst_port == flow.port))
-        else:          # md_seq >= 0 only on decoded UDP with a valid WM header
+    def _udp(self, table, usable) -> np.ndarray:
+        """Rows of the UDP datagrams that may be market data (to the MD flow, if one is named)."""
+        udp = usable & (table.proto == PROTO_UDP)
+        if self.options.md_flow:
+            udp &= (table.dst_ip == self.options.md_flow.ip) & (table.dst_port == self.options.md_flow.port)
+        return np.flatnonzero(udp)
+
+    def _sniff_md(self, table, data, usable):
+        """The MD protocol that finds the most messages in this batch's UDP (the default if none
+        does); None while the capture has shown no UDP."""
+        rows = self._udp(table, usable)[:SNIFF_DATAGRAMS]
+        if not rows.size:
+            return None
+        found = [(p.messages(data, table.payload_offset[rows], table.payload_caplen[rows]).seq.size, -k, p)
+                 for k, p in enumerate(md_protocols())]
+        best = max(found, key=lambda f: f[:2])
+        return best[2] if best[0] else md_protocol(DEFAULT_MD)
+
+    def _add_md(self, table, data, md_seq, usable) -> None:
+        if self.md.kernel_probe is None:     # many messages a datagram: the protocol frames them
+            rows = self._udp(table, usable)
+            found = self.md.messages(data, table.payload_offset[rows], table.payload_caplen[rows])
+            for reason, count in found.problems.items():
+                self.md_problems[reason] = self.md_problems.get(reason, 0) + count
+            self._md.append({"seq": found.seq, "packet": rows[found.datagram] + self.packets,
+                             "t_md_ns": self._first_bit(table, rows, inbound=True)[found.datagram]})
+            return
+        if self.options.md_flow:   # any datagram to the MD flow counts, with or without a header
+            rows = self._udp(table, usable)
+        else:                      # md_seq >= 0 only on decoded UDP with a valid header
             rows = np.flatnonzero(usable & (md_seq >= 0))
         self._md.append({"seq": md_seq[rows], "t_md_ns": self._first_bit(table, rows, inbound=True),
                          "packet": rows + self.packets})
@@ -347,3 +393,21 @@ class _Collector:
         newest = self._newest
         self._md, self._tcp, self._payload, self._payload_bytes, self.pending = [], [], [], 0, 0
         return md, segments, payload, newest
+
+
+def read_telemetry_file(path: str):
+    """engine.telemetry.read_telemetry, with a bad file as one MeasureError line."""
+    try:
+        return read_telemetry(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise MeasureError(f"{path}: not a readable wirelab telemetry file ({reason})") from None
+
+
+def trigger_links(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """From a telemetry file, each order's client order id and the MD seq that triggered it,
+    sorted by id: MeasureOptions.links."""
+    orders = read_telemetry_file(path)[0]
+    ids = orders["client_order_id"].astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], orders["md_seq"].astype(np.int64)[order]

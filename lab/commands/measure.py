@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from engine.protocol.registry import md_protocol_names, order_protocol_names
 from lab.analysis import convention
 from lab.analysis.exports import ExportError, TableWriter
 from lab.analysis.hgrm import write_hgrm
@@ -18,6 +19,7 @@ from lab.analysis.measure import (
     measure,
     parse_endpoint,
     per_trigger_columns,
+    trigger_links,
 )
 from lab.analysis.plots import write_plot
 from lab.capture.records import skipped_report
@@ -60,10 +62,15 @@ def register(sub):
     p.add_argument("--line-rate", type=_argument(parse_rate), metavar="RATE",
                    help='link rate at the tap, e.g. "10Gbps": converts software stamps and gives each '
                         "order's last-byte time")
-    p.add_argument("--match", type=_argument(parse_match), default="trigger",
-                   metavar="trigger|nearest|fix-tag:N",
-                   help="trigger: the order's trigger seq (default); nearest: first order after each MD; "
-                        "fix-tag:N: FIX tag N holds the MD seq")
+    p.add_argument("--md", choices=md_protocol_names(),
+                   help="market-data protocol (default: sniffed from the UDP; `lab protocols` lists them)")
+    p.add_argument("--orders", choices=order_protocol_names(),
+                   help="order protocol (default: sniffed per TCP flow)")
+    p.add_argument("--match", type=_argument(parse_match), default="auto",
+                   metavar="auto|trigger|nearest|fix-tag:N",
+                   help="trigger: the order's trigger seq, or the one --telemetry links to its token; nearest: "
+                        "first order after each MD; fix-tag:N: FIX tag N holds the MD seq; auto (default): "
+                        "trigger where the orders carry it or telemetry links them, else nearest")
     p.add_argument("--md-flow", type=_argument(parse_endpoint), metavar="IP:PORT",
                    help="only UDP to this address is market data (any datagram there counts)")
     p.add_argument("--order-flow", type=_argument(parse_endpoint), metavar="IP:PORT",
@@ -74,8 +81,9 @@ def register(sub):
     p.add_argument("--interface", metavar="NAME",
                    help="only the packets of this pcapng interface (a tap); a `lab run` capture defaults to host-tap")
     p.add_argument("--telemetry", metavar="RUN.tel",
-                   help="the engine's telemetry of a `lab run` capture: adds the implied tick-to-trade, its "
-                        "decomposition per stage and the clock correlation")
+                   help="the engine's telemetry: for a `lab run` capture, adds the implied tick-to-trade, its "
+                        "decomposition per stage and the clock correlation; for any capture, links each order "
+                        "that carries no trigger (OUCH) to its trigger by its token")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--csv", metavar="FILE", help="write one row per trigger as CSV")
     p.add_argument("--parquet", metavar="FILE", help="write one row per trigger as Parquet (needs pyarrow)")
@@ -87,11 +95,11 @@ def register(sub):
 def run(args) -> int:
     convention.check(args.convention, args.line_rate)
     info = read_run_info(args.pcap)
-    if args.telemetry and info is None:
-        raise MeasureError(f"{args.pcap}: not a capture written by lab run (no run info); --telemetry needs one")
+    links = trigger_links(args.telemetry) if args.telemetry else None
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ExportError(f"--plot {args.plot}: the plot is written as PNG; name the file *.png")
     options = MeasureOptions(convention=args.convention, line_rate_bps=args.line_rate, match=args.match,
+                             md_protocol=args.md, order_protocol=args.orders, links=links,
                              md_flow=args.md_flow, order_flow=args.order_flow, trailer=args.trailer,
                              match_window_ns=args.match_window // 1000, listed=LISTED,
                              interface=args.interface or (HOST_TAP if info else None))
@@ -104,7 +112,7 @@ def run(args) -> int:
     def write_rows(rows):
         for table in tables:
             table.write(rows)
-        if args.telemetry:
+        if args.telemetry and info is not None:
             kept.append(rows)
 
     try:
@@ -122,7 +130,7 @@ def run(args) -> int:
         write_plot(args.plot, latency, f"tick-to-trade, {os.path.basename(args.pcap)} "
                                        f"({len(latency)} triggers, {_convention_text(result)})")
     document = to_json(result)
-    if args.telemetry:
+    if args.telemetry and info is not None:
         host = {name: np.concatenate([rows[name] for rows in kept]) for name in kept[0]} if kept else None
         document.update(measure_run(args.pcap, args.telemetry, host, options).figures)
     if args.json:
@@ -168,6 +176,8 @@ def to_json(result: Measurement) -> dict:
         "convention_note": _convention_text(result),
         "line_rate_bps": result.options.line_rate_bps,
         "match": str(result.options.match),
+        "protocols": result.protocols,
+        "md_problems": result.md_problems,
         "tick_to_trade_ns": summarize(result.per_trigger["tick_to_trade_ns"]),
         "misses": {
             "listed_at_most": result.options.listed,
@@ -187,7 +197,9 @@ def to_json(result: Measurement) -> dict:
 def to_text(result: Measurement, document: dict, args) -> str:
     counts = [[name.replace("_", " "), document[name]] for name in
               ("packets", "md_messages", "orders", "matched", "unmatched_md", "unmatched_orders", "duplicates")]
-    lines = [f"{result.path} ({result.format}): {_convention_text(result)}, match {document['match']}", "",
+    lines = [f"{result.path} ({result.format}): {_convention_text(result)}, match {document['match']}",
+             f"protocols: market data {result.protocols['md'] or 'none seen'}, orders "
+             f"{', '.join(result.protocols['orders']) or 'none seen'}", "",
              render(["", "count"], counts)]
     summary = document["tick_to_trade_ns"]
     lines += ["", "tick-to-trade (ns, nearest-rank percentiles)",
@@ -199,6 +211,8 @@ def to_text(result: Measurement, document: dict, args) -> str:
         if kind != "listed_at_most" and listed:
             lines.append(f"{kind.replace('_', ' ')} (first {min(len(listed), 5)}): "
                          + "; ".join(", ".join(f"{k} {v}" for k, v in row.items()) for row in listed[:5]))
+    if any(document["md_problems"].values()):
+        lines.append("market data not used: " + ", ".join(f"{k} {v}" for k, v in document["md_problems"].items() if v))
     if document["undecoded"]:
         lines.append("not decoded: " + ", ".join(f"{k} {v}" for k, v in document["undecoded"].items()))
     for error in document["tcp"]["framing_errors"]:

@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 
-from engine.protocol.registry import DEFAULT_ORDERS, order_protocol_names
+from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS, md_protocol_names, order_protocol_names
 from lab.arguments import positive_int
 from lab.errors import LabError
-from lab.synth import CONVENTIONS, TRUTH_COLUMNS, SynthConfig, synthesize, write_capture, write_truth
+from lab.synth import CONVENTIONS, TRUTH_COLUMNS, SynthConfig, synthesize, write_capture, write_links, write_truth
 from lab.table import render
 from simulator.units import UnitError, format_rate, parse_rate
 
@@ -21,10 +21,11 @@ PROGRESS_MIN_FRAMES = 1 << 20
 def register(sub):
     p = sub.add_parser(
         "synth", help="write a synthetic capture with known tick-to-trade",
-        description="Write a pcap/pcapng of one trading host at its tap: UDP market data in, binary "
-                    "(or FIX) orders out over TCP to a venue gateway, acks and fills back, with split "
-                    "orders (prefix + rest), a few retransmissions and out-of-order segments. Every "
-                    "latency is known to the nanosecond; --truth writes it per trigger.")
+        description="Write a pcap/pcapng of one trading host at its tap: UDP market data in (the lab's WM, or "
+                    "ITCH 5.0 in MoldUDP64), orders out over TCP to a venue gateway (binary, FIX or OUCH 4.2), "
+                    "acks and fills back, with split orders (prefix + rest), a few retransmissions and "
+                    "out-of-order segments. Every latency is known to the nanosecond; --truth writes it per "
+                    "trigger.")
     p.add_argument("--out", required=True, metavar="FILE", help="capture to write (mode 0600)")
     p.add_argument("--triggers", required=True, type=positive_int, metavar="N",
                    help="market-data datagrams that trigger an order")
@@ -38,8 +39,13 @@ def register(sub):
                    help="the tap's link rate, e.g. 10Gbps (default), 1Gbps, 100Mbps")
     p.add_argument("--orders", choices=order_protocol_names(), default=DEFAULT_ORDERS,
                    help="order entry protocol on the TCP connection (default binary)")
+    p.add_argument("--md", choices=md_protocol_names(), default=DEFAULT_MD,
+                   help="market-data protocol of the UDP feed (default wm)")
     p.add_argument("--truth", metavar="FILE.csv",
                    help=f"write the known latencies per trigger: {', '.join(TRUTH_COLUMNS)}")
+    p.add_argument("--telemetry", metavar="FILE.tel",
+                   help="write each order's link to its trigger as the engine's telemetry does, for "
+                        "`lab measure --telemetry` (orders that carry no trigger: OUCH)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(run=run)
 
@@ -53,10 +59,11 @@ def _rate(text: str) -> int:
 
 def run(args) -> int:
     file_format = args.format or ("pcapng" if args.out.lower().endswith(".pcapng") else "pcap")
-    if args.truth and args.truth == args.out:
-        raise LabError("--truth and --out name the same file")
-    synthesis = synthesize(SynthConfig(triggers=args.triggers, seed=args.seed,
-                                       line_rate_bps=args.line_rate, order_format=args.orders))
+    named = [path for path in (args.out, args.truth, args.telemetry) if path]
+    if len(set(named)) != len(named):
+        raise LabError("--out, --truth and --telemetry must name different files")
+    synthesis = synthesize(SynthConfig(triggers=args.triggers, seed=args.seed, line_rate_bps=args.line_rate,
+                                       order_format=args.orders, md_format=args.md))
     frames = synthesis.frames.first_ns.size
     progress = None
     if sys.stderr.isatty() and frames >= PROGRESS_MIN_FRAMES:
@@ -70,6 +77,8 @@ def run(args) -> int:
             bar.close()
     if args.truth:
         write_truth(synthesis, args.truth)
+    if args.telemetry:
+        write_links(synthesis, args.telemetry)
     report = summary(synthesis, written, args, file_format)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -25,15 +25,13 @@ exactly, in integer ns.
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from engine.clock import Calibration
-from engine.telemetry import read_telemetry
 from lab.analysis.correlation import causality, envelope, run_calibration
-from lab.analysis.measure import MeasureError, MeasureOptions, measure
+from lab.analysis.measure import MeasureError, MeasureOptions, measure, read_telemetry_file
 from lab.percentiles import summarize
 from lab.run.runinfo import read_run_info
 from lab.run.taps import EXCHANGE_TAP, HOST_TAP, HostLink
@@ -113,11 +111,7 @@ def measure_run(pcap, telemetry, host: dict | None = None, options: MeasureOptio
     info = read_run_info(pcap)
     if info is None:
         raise MeasureError(f"{pcap}: not a capture written by lab run (no run info); --telemetry needs one")
-    try:
-        orders, _engine_calibration, meta = read_telemetry(telemetry)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-        raise MeasureError(f"{telemetry}: not a readable wirelab telemetry file ({reason})") from None
+    orders, _engine_calibration, meta = read_telemetry_file(telemetry)
     options = replace(options or MeasureOptions(), per_trigger_sink=None, progress=None)
     if host is None:
         host = measure(pcap, replace(options, interface=HOST_TAP)).per_trigger

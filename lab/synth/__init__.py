@@ -41,6 +41,7 @@ Timestamps in the file: `hardware` = every frame's first bit at the tap;
 a host capture stamps them). Frames are written in stamp order.
 """
 from lab.synth.generator import CONVENTIONS, TRUTH_COLUMNS, SynthConfig, Synthesis, synthesize
-from lab.synth.output import write_capture, write_truth
+from lab.synth.output import write_capture, write_links, write_truth
 
-__all__ = ["CONVENTIONS", "TRUTH_COLUMNS", "SynthConfig", "Synthesis", "synthesize", "write_capture", "write_truth"]
+__all__ = ["CONVENTIONS", "TRUTH_COLUMNS", "SynthConfig", "Synthesis", "synthesize", "write_capture", "write_links",
+           "write_truth"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.protocol.registry import DEFAULT_MD, md_protocol
+from engine.protocol.registry import md_protocol
 from lab.capture.frames import (TCP_FRAME_HEADER, UDP_FRAME_HEADER, frame_rows, frames_bytes, header_rows,
                                 put_checksums, put_payloads)
 from lab.synth.addresses import (FEED_IP, GATEWAY_IP, GATEWAY_PORT, HOST_IP, HOST_MAC, HOST_PORT, MD_GROUP_IP,
@@ -35,7 +35,7 @@ def _put_udp(out: np.ndarray, rows: np.ndarray, f: Frames, ip_id: np.ndarray, sy
     header["ip_src"], header["ip_dst"] = FEED_IP, MD_GROUP_IP
     header["sport"], header["dport"], header["udp_length"] = MD_PORT, MD_PORT, 8 + length
     out[rows, :UDP_FRAME_HEADER.itemsize] = header.view(np.uint8).reshape(rows.size, header.dtype.itemsize)
-    payloads, where = md_protocol(DEFAULT_MD).synth_payloads(synthesis.md_columns, f.ref[rows], TICK)
+    payloads, where = md_protocol(synthesis.config.md_format).synth_payloads(synthesis.md_columns, f.ref[rows], TICK)
     put_payloads(out, rows, UDP_FRAME_HEADER.itemsize, payloads, where, length)
 
 

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.protocol.registry import DEFAULT_ORDERS, order_protocol, order_protocol_names
+from engine.protocol.registry import (DEFAULT_MD, DEFAULT_ORDERS, md_protocol_names, order_protocol,
+                                      order_protocol_names)
 from lab.capture.frames import MIN_CAPTURED_FRAME, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
 from lab.capture.records import INBOUND
 from lab.errors import LabError
 from lab.synth.draws import count, lognormal, pick
 from lab.synth.market import market_data, order_fields
 from lab.synth.tcp import (KIND_HOST_TCP, KIND_MD, KIND_VENUE_TCP, RETRANSMIT_FRACTION, RTO_NS, Frames,
-                           fifo_starts, fill_gaps, schedule, set_seq_and_acks, tcp_frames, venue_responses)
+                           fifo_starts, fill_gaps, schedule, session_frames, set_seq_and_acks, tcp_frames,
+                           venue_responses)
 from simulator.framing import ethernet_slot_ns, ethernet_wire_ns
 
 CONVENTIONS = ("hardware", "software")
@@ -35,6 +37,7 @@ class SynthConfig:
     seed: int = 0
     line_rate_bps: int = 10**10
     order_format: str = DEFAULT_ORDERS             # the order protocol's name
+    md_format: str = DEFAULT_MD                    # the market-data protocol's name
 
     def __post_init__(self):
         if not 1 <= self.triggers <= MAX_TRIGGERS:
@@ -42,6 +45,8 @@ class SynthConfig:
                            "(memory grows about 1.6 GB per million)")
         if self.order_format not in order_protocol_names():
             raise LabError(f"order format {self.order_format!r}: use one of {', '.join(order_protocol_names())}")
+        if self.md_format not in md_protocol_names():
+            raise LabError(f"market-data format {self.md_format!r}: use one of {', '.join(md_protocol_names())}")
         if self.line_rate_bps <= 0:
             raise LabError("the line rate must be positive")
 
@@ -59,6 +64,7 @@ class Synthesis:
     venue_isn: int
     truth: dict                # TRUTH_COLUMNS -> int64 arrays, one row per trigger
     counts: dict               # how many of each kind of event
+    order_ids: np.ndarray      # int64: each trigger's order's client order id (its token, for OUCH)
 
     @property
     def host_stream(self) -> np.ndarray:
@@ -90,6 +96,7 @@ def synthesize(config: SynthConfig) -> Synthesis:
     order = order_fields(rng, md_cols, trigger_md)
     protocol = order_protocol(config.order_format)
     order_size, prefix_bytes = protocol.new_order_bytes, protocol.prefix_bytes
+    host_open, venue_open, host_close, venue_close = protocol.synth_session()
 
     # Orders: decided at t_MD + latency.
     t_md = md_first[trigger_md]
@@ -118,11 +125,11 @@ def synthesize(config: SynthConfig) -> Synthesis:
     seg_ready = decided[seg_order] + np.where(is_split & second, decision[seg_order], 0)
     seg_ready = np.maximum.accumulate(seg_ready)      # one engine thread: in order, never earlier
     retransmitted = pick(rng, np.arange(n), RETRANSMIT_FRACTION)
-    offset = seg_order * order_size + seg_start
+    offset = len(host_open) + seg_order * order_size + seg_start
     host_data = tcp_frames(seg_ready, KIND_HOST_TCP, offset, seg_len, 1 + offset, 0, TCP_ACK | TCP_PSH)
     host_retx = tcp_frames(decided[retransmitted] + rng.integers(*RTO_NS, size=retransmitted.size),
-                            KIND_HOST_TCP, retransmitted * order_size, order_size,
-                            1 + retransmitted * order_size, 0, TCP_ACK | TCP_PSH)
+                            KIND_HOST_TCP, len(host_open) + retransmitted * order_size, order_size,
+                            1 + len(host_open) + retransmitted * order_size, 0, TCP_ACK | TCP_PSH)
     outbound, where = schedule([host_data, host_retx],
                                 lambda f: fifo_starts(f.first_ns, ethernet_slot_ns(f.frame_len, rate)))
     seg_first = outbound.first_ns[where[0]]
@@ -133,7 +140,8 @@ def synthesize(config: SynthConfig) -> Synthesis:
     retx_done = outbound.first_ns[where[1]] + ethernet_wire_ns(host_retx.frame_len, rate)
 
     # The venue's frames share the inbound wire's gaps with the feed.
-    venue_parts, venue_stream, response_counts = venue_responses(rng, config, order, order_done, retx_done, one_way, START_NS)
+    venue_parts, venue_stream, response_counts = venue_responses(rng, config, order, order_done, retx_done, one_way,
+                                                                 START_NS, len(venue_open))
     inbound, where = schedule(venue_parts, lambda f: fill_gaps(f.first_ns, ethernet_slot_ns(f.frame_len, rate),
                                                                   md_first, md_slot))
     # The host answers each venue retransmission with a duplicate ack, in the outbound gaps.
@@ -142,14 +150,21 @@ def synthesize(config: SynthConfig) -> Synthesis:
     dup_ack.first_ns = fill_gaps(dup_ack.first_ns, ethernet_slot_ns(dup_ack.frame_len, rate),
                                  outbound.first_ns, ethernet_slot_ns(outbound.frame_len, rate))
     tcp = Frames.concat([outbound, dup_ack, inbound])
-    set_seq_and_acks(tcp, one_way, rate)
 
     # Handshake before the first MD datagram, FINs after the last frame: each control
-    # frame leaves once the one it answers has fully arrived.
-    host_len, venue_len = n * order_size, venue_stream.size
+    # frame leaves once the one it answers has fully arrived. A session's opening (a login
+    # and its answer) follows the handshake; its closing comes after the last order.
+    host_stream = np.concatenate([np.frombuffer(host_open, np.uint8), protocol.synth_orders(order, decided, order_first),
+                                  np.frombuffer(host_close, np.uint8)])
+    venue_stream = np.concatenate([np.frombuffer(venue_open, np.uint8), venue_stream,
+                                   np.frombuffer(venue_close, np.uint8)])
+    host_len, venue_len = host_stream.size, venue_stream.size
     slot = int(ethernet_slot_ns(MIN_CAPTURED_FRAME, rate))
     syn_at = t0 - 3 * slot - 2 * one_way - 122_000
     syn_ack_at = syn_at + slot + 2 * one_way + 20_000
+    tcp = Frames.concat([tcp, *session_frames(host_open, venue_open, host_close, venue_close, host_len, venue_len,
+                                              syn_ack_at + slot + 4_000, one_way, rate, tcp, md_first, md_slot)])
+    set_seq_and_acks(tcp, one_way, rate)
     fin_at = int(max((md_first + md_slot).max(), (tcp.first_ns + ethernet_slot_ns(tcp.frame_len, rate)).max())) + 100_000
     fin_ack_at = fin_at + slot + 2 * one_way + 10_000
     control = Frames.concat([
@@ -164,7 +179,6 @@ def synthesize(config: SynthConfig) -> Synthesis:
                        np.arange(md_first.size, dtype=np.int64), np.zeros(md_first.size, np.int64),
                        np.full(md_first.size, -1, np.int64), np.zeros(md_first.size, np.uint8))
 
-    host_stream = protocol.synth_orders(order, decided, order_first)
     truth = {
         "md_seq": md_cols["seq"][trigger_md].astype(np.int64),
         "t_md_ns": t_md,
@@ -177,7 +191,7 @@ def synthesize(config: SynthConfig) -> Synthesis:
               **response_counts}
     return Synthesis(config, Frames.concat([md_frames, tcp, control]), md_cols,
                      np.concatenate([host_stream, venue_stream]), host_stream.size,
-                     host_isn, venue_isn, truth, counts)
+                     host_isn, venue_isn, truth, counts, order["client_order_id"].astype(np.int64))
 
 
 def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:

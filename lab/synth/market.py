@@ -1,11 +1,11 @@
-"""The synth's market: a feed of L2 datagrams at random gaps (bursts and lulls), which of them
-trigger an order, and what each order says."""
+"""The synth's market: a feed of book updates at random gaps (bursts and lulls), in datagrams of
+the MD protocol's shape, which of them trigger an order, and what each order says."""
 from __future__ import annotations
 
 import numpy as np
 
 from engine.messages import BUY, SELL
-from engine.protocol import md
+from engine.protocol.registry import md_protocol
 from lab.capture.frames import UDP_FRAME_HEADER
 from simulator.framing import ethernet_slot_ns
 
@@ -24,7 +24,7 @@ def market_data(rng, config, t0: int):
     count = int(trigger_md[-1]) + 1
     n_updates = 2 + rng.choice(4, count, p=[0.4, 0.3, 0.2, 0.1])
     n_trades = (rng.random(count) < 0.15).astype(np.int64)
-    length = md.md_length(n_updates, n_trades).astype(np.int64)
+    length, messages = md_protocol(config.md_format).synth_shape(n_updates, n_trades)
     slot = ethernet_slot_ns(UDP_FRAME_HEADER.itemsize + length, rate)
     # The feed keeps the wire at most half busy, whatever the line rate.
     mean_gap = max(rng.uniform(*MD_MEAN_GAP_NS), 2 * float(slot.max()))
@@ -39,12 +39,12 @@ def market_data(rng, config, t0: int):
     bid = mid + (instrument.astype(np.int64) % 7) * 100 * TICK
     columns = {
         "length": length, "n_updates": n_updates, "n_trades": n_trades,
-        "seq": int(rng.integers(1, 10**6)) + np.arange(count, dtype=np.uint64),
+        "seq": (int(rng.integers(1, 10**6)) + np.cumsum(messages) - messages).astype(np.uint64),   # first message's
         "venue": np.full(count, 3, np.uint16), "instrument": instrument,
         "send_ts_ns": first - rng.integers(20_000, 60_000, count),
         "bid": bid, "ask": bid + TICK * (1 + (rng.random(count) < 0.2)),
         "qty": rng.integers(1, 50, (count, 6)) * 100,    # best bid, best ask, 3 deeper levels, trade
-        "aggressor": rng.integers(md.BID, md.ASK + 1, count).astype(np.uint8),
+        "aggressor": rng.integers(BUY, SELL + 1, count).astype(np.uint8),
     }
     return columns, first, slot, trigger_md
 

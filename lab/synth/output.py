@@ -7,12 +7,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from engine.clock import Calibration
+from engine.telemetry import ORDER_ROW, write_telemetry
 from lab.capture import Interface, PacketBatch, PcapngWriter, PcapWriter
 from lab.errors import LabError
 from lab.synth.encode import build_frames, ip_ids
 from lab.synth.generator import TRUTH_COLUMNS, Synthesis
 
 CHUNK_FRAMES = 1 << 15
+VENUE = 3                                          # the synth feed's venue id
 
 
 def finish(synthesis: Synthesis, convention: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,3 +99,14 @@ def csv_rows(columns: list[np.ndarray]) -> bytes:
         width = 1 + (column[:, None] >= 10 ** np.arange(1, _DIGITS, dtype=np.int64)).sum(axis=1)
         keep[:, i * field:(i + 1) * field] = np.arange(field) >= _DIGITS - width[:, None]
     return text[keep].tobytes()
+
+
+def write_links(synthesis: Synthesis, path: str) -> None:
+    """A telemetry file (engine.telemetry's format, owner-only) that links each order's client order
+    id to the MD seq that triggered it, as the engine records it: what `lab measure --telemetry`
+    needs for orders that carry no trigger (OUCH). The stage columns are 0: the synth has no engine."""
+    orders = np.zeros(synthesis.config.triggers, ORDER_ROW)
+    orders["md_seq"], orders["client_order_id"] = synthesis.truth["md_seq"], synthesis.order_ids
+    orders["venue"] = VENUE
+    orders["kernel_tx_ns"] = synthesis.truth["order_first_bit_ns"]
+    write_telemetry(path, orders, Calibration(0, 0, 10**9, 0.0, 0.0, 0.0, 0), {"source": "lab synth"})

@@ -13,7 +13,7 @@ from lab.capture.frames import MIN_CAPTURED_FRAME, TCP_ACK, TCP_FRAME_HEADER, TC
 from lab.capture.records import INBOUND, OUTBOUND
 from lab.errors import LabError
 from lab.synth.draws import lognormal, pick
-from simulator.framing import ethernet_wire_ns
+from simulator.framing import ethernet_slot_ns, ethernet_wire_ns
 
 # Frame kinds in the frame table.
 KIND_MD, KIND_HOST_TCP, KIND_VENUE_TCP = 0, 1, 2
@@ -142,9 +142,10 @@ def set_seq_and_acks(frames: Frames, one_way: int, rate: int) -> None:
         frames.seq[pure] = 1 + _sent_bytes(frames, kind, frames.first_ns[pure])
 
 
-def venue_responses(rng, config, order: dict, order_done, retx_done, one_way: int, clock_ns: int):
+def venue_responses(rng, config, order: dict, order_done, retx_done, one_way: int, clock_ns: int, stream_at: int):
     """The gateway's frames, ready at the tap (before they share the wire), as
-    [responses, retransmitted responses, duplicate acks], and its byte stream."""
+    [responses, retransmitted responses, duplicate acks], and its responses' bytes, which
+    start at `stream_at` in its stream."""
     n = order_done.size
     arrived = order_done + one_way
     ready = np.maximum.accumulate(arrived + lognormal(rng, n, VENUE_FLOOR_NS, VENUE_MEDIAN_NS, 0.4)) + one_way
@@ -159,7 +160,7 @@ def venue_responses(rng, config, order: dict, order_done, retx_done, one_way: in
     stream, first_len, fill_len = order_protocol(config.order_format).synth_replies(
         dict(order, exec_id=9_000_000 + np.arange(n)), rejected, filled, clock_ns + np.arange(n))
     response_len = first_len + fill_len
-    response_at = np.cumsum(response_len) - response_len
+    response_at = stream_at + np.cumsum(response_len) - response_len
 
     # Segments in send order: one per response, or [ack][fill] when the fill comes later;
     # a swapped pair puts the fill on the wire first.
@@ -183,3 +184,26 @@ def venue_responses(rng, config, order: dict, order_done, retx_done, one_way: in
     counts = {"responses": n, "rejects": int(rejected.sum()), "fills": int(filled.sum()),
               "swapped_responses": int(swapped.size), "retransmitted_responses": int(resent.first_ns.size)}
     return [segments, resent, dup_ack], stream, counts
+
+
+def session_frames(host_open: bytes, venue_open: bytes, host_close: bytes, venue_close: bytes, host_len: int,
+                   venue_len: int, open_at: int, one_way: int, rate: int, data: Frames, md_first, md_slot) -> list:
+    """A session's opening and closing as TCP data frames (none for a protocol without them): the
+    client's opening at `open_at`, the venue's answer once it has arrived, and after the last
+    data frame the client's closing, then the venue's (in the feed's gaps)."""
+    frames = []
+    if host_open:
+        frames.append(tcp_frames([open_at], KIND_HOST_TCP, 0, len(host_open), 1, 0, TCP_ACK | TCP_PSH))
+    if venue_open:
+        answer = open_at + ethernet_wire_ns(TCP_FRAME_HEADER.itemsize + len(host_open), rate) + 2 * one_way + 5_000
+        frames.append(tcp_frames([answer], KIND_VENUE_TCP, 0, len(venue_open), 1, 0, TCP_ACK | TCP_PSH))
+    last = int((data.first_ns + ethernet_slot_ns(data.frame_len, rate)).max(initial=open_at))
+    if host_close:
+        at = host_len - len(host_close)
+        frames.append(tcp_frames([last + 20_000], KIND_HOST_TCP, at, len(host_close), 1 + at, 0, TCP_ACK | TCP_PSH))
+    if venue_close:
+        at = venue_len - len(venue_close)
+        close = tcp_frames([last + 30_000], KIND_VENUE_TCP, at, len(venue_close), 1 + at, 0, TCP_ACK | TCP_PSH)
+        close.first_ns = fill_gaps(close.first_ns, ethernet_slot_ns(close.frame_len, rate), md_first, md_slot)
+        frames.append(close)
+    return frames

@@ -161,8 +161,8 @@ class OrderGateway:
     def stats(self) -> dict[str, int]:
         """Counters of connections, messages (voids among them), malformed input, partial rules, slow consumers,
         bytes."""
-        keys = ("connections", "disconnects", "refused", "messages", "voids", "malformed", "partial_timeouts",
-                "partial_penalised", "bytes", "unstamped_reads", "slow_consumer_disconnects")
+        keys = ("connections", "disconnects", "refused", "messages", "voids", "session_messages", "malformed",
+                "partial_timeouts", "partial_penalised", "bytes", "unstamped_reads", "slow_consumer_disconnects")
         return {key: self.counts[key] for key in keys}
 
     @property
@@ -286,6 +286,12 @@ class OrderGateway:
             self.counts["malformed"] += 1
             self._disconnect(conn)
             return False
+        if request.kind == "session":                  # a login or a heartbeat: the gateway's own business
+            self.counts["session_messages"] += 1
+            if request.answer:
+                conn.outbox += request.answer
+                self._flush(conn)
+            return True
         self.counts["messages"] += 1
         if request.kind == "void":
             self.counts["voids"] += 1

@@ -25,7 +25,7 @@ def test_json_names_the_protocols_the_cli_choices_take(capsys):
     by_role = {}
     for p in document["protocols"]:
         by_role.setdefault(p["role"], []).append(p["name"])
-    assert by_role == {"market data": ["wm"], "order entry": ["binary", "fix"]}
+    assert by_role == {"market data": ["wm", "itch50"], "order entry": ["binary", "fix", "ouch42"]}
     binary = next(p for p in document["protocols"] if p["name"] == "binary")
     assert [(m["name"], m["bytes"]) for m in binary["messages"]] == \
         [("NewOrder", 48), ("Cancel", 32), ("Ack", 32), ("Fill", 64), ("Reject", 24)]

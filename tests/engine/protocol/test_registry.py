@@ -25,8 +25,8 @@ def test_no_protocol_name_is_written_as_a_string_outside_engine_protocol():
 
 
 def test_the_built_ins_come_first_in_a_fixed_order_and_unknown_names_are_one_clear_error():
-    assert [p.name for p in protocols()][:3] == ["wm", "binary", "fix"]
-    with pytest.raises(ProtocolError, match="unknown order protocol 'ouch'.*binary, fix"):
+    assert [p.name for p in protocols()][:5] == ["wm", "itch50", "binary", "fix", "ouch42"]
+    with pytest.raises(ProtocolError, match="unknown order protocol 'ouch'.*binary, fix, ouch42"):
         order_protocol("ouch")
     with pytest.raises(ProtocolError, match="unknown market-data protocol"):
         md_protocol("binary")
@@ -52,5 +52,5 @@ def test_the_md_protocol_finds_each_datagrams_seq_and_send_time_in_a_batch():
     offsets = [sum(lengths[:k]) for k in range(len(payloads))]
     found = md_protocol("wm").messages(data, offsets, lengths)
     assert found.datagram.tolist() == [0, 3] and found.seq.tolist() == [100, 102]
-    assert found.send_ts_ns.tolist() == [10**18, 10**18 + 2]
-    assert md_protocol("wm").decode(grams[1]).seq == 101
+    assert found.timestamp_ns.tolist() == [10**18, 10**18 + 2]
+    assert found.problems == {"not_wm": 2} and md_protocol("wm").decode(grams[1]).seq == 101

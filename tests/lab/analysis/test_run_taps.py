@@ -145,12 +145,14 @@ def test_stages_telescope_to_the_implied_tick_to_trade():
     assert unstamped_triggers(orders) == 1
 
 
-def test_telemetry_needs_a_run_capture_and_a_telemetry_file(tmp_path, lab):
+def test_telemetry_must_be_a_readable_telemetry_file(tmp_path, lab):
+    """On any capture --telemetry links orders to triggers (OUCH); on a run's, it adds the stages."""
     plain = tmp_path / "plain.pcapng"
     with PcapngWriter(plain, [Interface(1, "1e-9", 0, "x")]) as writer:
         writer.write(0, 1, md_frame(1))
     done = lab("measure", "--pcap", plain, "--telemetry", tmp_path / "none.tel")
-    assert done.returncode == 2 and "not a capture written by lab run" in done.stderr
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "none.tel: not a readable wirelab telemetry file" in done.stderr
     run = tmp_path / "run.pcapng"
     with PcapngWriter(run, [Interface(1, "1e-9", 0, "host-tap")], comment=run_info_comment({})) as writer:
         writer.write(0, 1, md_frame(1))
