@@ -364,14 +364,18 @@ class Ouch42Server:
         if kind in (b"R", b"O"):                       # heartbeat, logout: nothing for the matching engine
             return VenueRequest("session", 0, 0)
         layout = INBOUND.get(payload[0]) if payload else None
-        if layout is None or len(payload) != layout.size:
-            raise ProtocolError(f"OUCH message {payload[:1]!r} of {len(payload)} bytes")
+        if layout is None or len(payload) != layout.size:     # the Soup framing holds: answer, go on
+            named = payload[1:1 + TOKEN_DIGITS] if len(payload) > TOKEN_DIGITS else None
+            answer = soup(b"S", REJECTED.struct.pack(b"J", _since_midnight(time.time_ns()), named, b"Z")) \
+                if named and layout is not None else b""
+            return VenueRequest("rejected", token_id(named) if named else 0, 0, answer=answer)
         m = gather(payload, [0], layout.dtype)[0]
         if payload[:1] == b"X":
             target = token_id(m["order_token"])
             return VenueRequest("cancel", target, 0, orig_client_order_id=target)
-        if payload[:1] == b"U":
-            raise ProtocolError("Replace Order is not supported by the lab's venue")
+        if payload[:1] == b"U":                        # Replace Order: the lab's venue does not replace
+            return VenueRequest("rejected", token_id(m["existing_token"]), 0, answer=soup(b"S", REJECTED.struct.pack(
+                b"J", _since_midnight(time.time_ns()), bytes(m["existing_token"]), b"Z")))
         client_id = token_id(m["order_token"])
         if client_id < 0:
             raise ProtocolError(f"order token {bytes(m['order_token'])!r} is not the lab's digits")

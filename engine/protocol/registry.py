@@ -159,8 +159,9 @@ class OrderProtocol:
 
 class VenueRequest(NamedTuple):
     """A client's message as the venue's matching engine takes it."""
-    kind: str                         # new, cancel, void (a new order of quantity 0), or session (a login,
-    #                                   a heartbeat: for the gateway alone, answered with `answer`)
+    kind: str                         # new, cancel, void (a new order of quantity 0); session (a login, a
+    #                                   heartbeat) or rejected (malformed, the stream still framed): for the
+    #                                   gateway alone, answered with `answer`
     client_order_id: int
     trigger_seq: int
     instrument: int = 0

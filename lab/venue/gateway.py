@@ -286,8 +286,8 @@ class OrderGateway:
             self.counts["malformed"] += 1
             self._disconnect(conn)
             return False
-        if request.kind == "session":                  # a login or a heartbeat: the gateway's own business
-            self.counts["session_messages"] += 1
+        if request.kind in ("session", "rejected"):    # a login, a heartbeat, or a bad message answered
+            self.counts["session_messages" if request.kind == "session" else "malformed"] += 1
             if request.answer:
                 conn.outbox += request.answer
                 self._flush(conn)

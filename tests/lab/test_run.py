@@ -43,6 +43,8 @@ RUNS = {   # name: lab run flags. 10 MD messages/s: each order has the 256 kb/s 
     "none": ["--strategy", "none", "--models", "imbalance-taker", "--rate", "10"],
     # two venues, both models (join-the-touch rests, re-prices, cancels), FIX order entry
     "two-venues": ["--strategy", "tcp-prefix", "--venues", "2", "--orders", "fix", "--queue-model", "power-law"],
+    # OUCH 4.2 in SoupBinTCP: a login first; the orders carry no trigger, the telemetry links their tokens
+    "ouch": ["--strategy", "tcp-prefix", "--models", "imbalance-taker", "--rate", "10", "--orders", "ouch42"],
 }
 
 
@@ -251,3 +253,13 @@ def test_garbage_flags_are_one_line_exit_2(tmp_path, flags):
 def test_demo_garbage_is_one_line_exit_2(flags):
     bad = lab("demo", *flags)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+@needs_root
+def test_ouch_orders_are_linked_by_their_tokens_and_the_18_byte_prefix_is_negative_latency(runs):
+    run, measured, _pcap = runs["ouch"]
+    assert measured["protocols"] == {"md": "wm", "orders": ["ouch42"]} and measured["match"] == "trigger"
+    assert run["venues"][0]["session_messages"] >= 1                   # the engine logged in
+    # 18 bytes (Soup header, type, token) not sent at the decision: 144 bits at 256 kb/s = 562.5 us
+    assert measured["implied_tick_to_trade_ns"]["max"] < 0
+    assert measured["implied_tick_to_trade_ns"]["min"] >= -562_500 - 3 * 144 * 10
