@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.gateway import STRATEGIES as REAL_STRATEGIES      # what the real engine's gateway sends
+from engine.protocol.registry import DEFAULT_ORDERS
 from lab.compare import CompareOptions, compare, plot as plot_comparison
 from lab.errors import LabError
 from lab.report import write_report
@@ -24,6 +25,9 @@ from simulator.strategies import simulate
 
 SPACETIME_STRATEGIES = ["none", "tcp-prefix", "tcp-prefix+early-read"]
 COMPARED = ("krx-2008", "modern-10g")
+# (label, strategy, order protocol): the lab's binary orders with each strategy, and a real venue's
+# protocol (OUCH 4.2 in SoupBinTCP, 18 bytes primed) with tcp-prefix
+REAL_RUNS = [*((s, s, DEFAULT_ORDERS) for s in REAL_STRATEGIES), ("tcp-prefix, OUCH 4.2", "tcp-prefix", "ouch42")]
 
 
 @dataclass
@@ -72,16 +76,17 @@ def _real_runs(result: DemoResult, messages: int, say) -> None:
     from lab.report import plot_real
     from lab.run import RunOptions, measure_run, run
 
-    for strategy in REAL_STRATEGIES:
-        say(f"running the real engine through the KRX wire: {strategy} ({messages} MD messages)")
-        pcap = os.path.join(result.out, f"run-{strategy}.pcapng")
+    for label, strategy, orders in REAL_RUNS:
+        say(f"running the real engine through the KRX wire: {label} ({messages} MD messages)")
+        name = label.replace(" ", "-").replace(",", "")
+        pcap = os.path.join(result.out, f"run-{name}.pcapng")
         run_result = run(RunOptions(scenario="krx-2008", strategy=strategy, messages=messages,
-                                    models=("imbalance-taker",), out=pcap))
+                                    models=("imbalance-taker",), out=pcap, orders=orders))
         result.capture = run_result.capture["kind"]
         measured = measure_run(pcap, pcap.removesuffix(".pcapng") + ".tel")
-        result.real[strategy] = measured.figures
-        result.files[f"run-{strategy}"] = pcap
-        _write_json(os.path.join(result.out, f"measure-{strategy}.json"), measured.figures)
+        result.real[label] = measured.figures
+        result.files[f"run-{label}"] = pcap
+        _write_json(os.path.join(result.out, f"measure-{name}.json"), measured.figures)
     result.files["real"] = os.path.join(result.out, "real-decomposition.png")
     plot_real(result.real, result.files["real"])
 

@@ -407,7 +407,11 @@ def read_telemetry_file(path: str):
 def trigger_links(path: str) -> tuple[np.ndarray, np.ndarray]:
     """From a telemetry file, each order's client order id and the MD seq that triggered it,
     sorted by id: MeasureOptions.links."""
-    orders = read_telemetry_file(path)[0]
+    return links_of(read_telemetry_file(path)[0])
+
+
+def links_of(orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """trigger_links of telemetry rows already read."""
     ids = orders["client_order_id"].astype(np.int64)
     order = np.argsort(ids, kind="stable")
     return ids[order], orders["md_seq"].astype(np.int64)[order]

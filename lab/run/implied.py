@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.clock import Calibration
 from lab.analysis.correlation import causality, envelope, run_calibration
-from lab.analysis.measure import MeasureError, MeasureOptions, measure, read_telemetry_file
+from lab.analysis.measure import MeasureError, MeasureOptions, links_of, measure, read_telemetry_file
 from lab.percentiles import summarize
 from lab.run.runinfo import read_run_info
 from lab.run.taps import EXCHANGE_TAP, HOST_TAP, HostLink
@@ -112,7 +112,7 @@ def measure_run(pcap, telemetry, host: dict | None = None, options: MeasureOptio
     if info is None:
         raise MeasureError(f"{pcap}: not a capture written by lab run (no run info); --telemetry needs one")
     orders, _engine_calibration, meta = read_telemetry_file(telemetry)
-    options = replace(options or MeasureOptions(), per_trigger_sink=None, progress=None)
+    options = replace(options or MeasureOptions(), per_trigger_sink=None, progress=None, links=links_of(orders))
     if host is None:
         host = measure(pcap, replace(options, interface=HOST_TAP)).per_trigger
     exchange = measure(pcap, replace(options, interface=EXCHANGE_TAP)).per_trigger

@@ -11,7 +11,15 @@ from engine.protocol.registry import sniff_orders
 ROOT = Path(__file__).parents[3]
 
 
-def test_no_protocol_name_is_written_as_a_string_outside_engine_protocol():
+def _names_in(node, names) -> list[str]:
+    """Protocol names a comparison operand holds: a string, or strings in a tuple, list or set."""
+    values = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [v.value for v in values if isinstance(v, ast.Constant) and v.value in names]
+
+
+def test_no_protocol_name_is_compared_outside_engine_protocol():
+    """`x == "fix"` or `x in ("binary", "fix")` anywhere but engine/protocol/ would be a protocol known
+    by name in a second place; naming one to use it (a default, a demo's choice) is not a test."""
     names = {p.name for p in protocols()}
     found = []
     for folder in ("engine", "lab", "simulator", "benchmarks"):
@@ -19,9 +27,19 @@ def test_no_protocol_name_is_written_as_a_string_outside_engine_protocol():
             if path.is_relative_to(ROOT / "engine" / "protocol"):
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Constant) and node.value in names:
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+                if isinstance(node, ast.Compare):
+                    for operand in (node.left, *node.comparators):
+                        found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name!r}" for name in _names_in(operand, names)]
+                elif isinstance(node, ast.MatchValue):
+                    found += [f"{path.relative_to(ROOT)}:{node.lineno}: {name!r}" for name in _names_in(node.value, names)]
     assert not found, "\n".join(found)
+
+
+def test_the_compare_finder_sees_a_comparison():
+    tree = ast.parse('if kind in ("fix", "other"): pass\nx = kind == "binary"\ny = {"fix": 1}')
+    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
+    assert [name for c in compares for o in (c.left, *c.comparators) for name in _names_in(o, {"fix", "binary"})] == \
+        ["fix", "binary"]
 
 
 def test_the_built_ins_come_first_in_a_fixed_order_and_unknown_names_are_one_clear_error():
