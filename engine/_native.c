@@ -589,7 +589,63 @@ static PyTypeObject RingReaderType = {
     .tp_members = reader_members,
 };
 
+/* walk_blocks(data, offsets, ends, counts, datagram, index, at, length) -> (written, short, past, zero, trailing)
+ *
+ * The length-prefixed blocks of many packets (MoldUDP64's message blocks: a u16 big-endian length, then
+ * the block), each packet's walk starting at offsets[i] and ending before ends[i], at most counts[i]
+ * blocks. Walking a packet is sequential by nature (each length says where the next block starts); in
+ * numpy it took a pass over every packet per block index: 2.6M packets/s against this loop's 5.7M on
+ * 479k synth packets of 3 messages on average (2026-12-08, the same outputs).
+ * Every length is checked against the packet's end before it is trusted. Fills, per non-empty block, its
+ * packet, its index in the packet, where its bytes start and how many; returns how many it wrote and
+ * what it counted: a count beyond the blocks present (short), a length past the packet (past, which
+ * ends that packet), zero-length blocks, and packets with bytes after their last block (trailing). */
+static PyObject *py_walk_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) return PyErr_Format(PyExc_TypeError, "walk_blocks takes 8 arguments (%zd given)", nargs);
+    Py_buffer view[8];
+    int held = 0;
+    PyObject *result = NULL;
+    for (; held < 8; held++)
+        if (PyObject_GetBuffer(args[held], &view[held], held >= 4 ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) goto done;
+    const uint8_t *data = view[0].buf;
+    const int64_t *offsets = view[1].buf, *ends = view[2].buf, *counts = view[3].buf;
+    int64_t *out_packet = view[4].buf, *out_index = view[5].buf, *out_at = view[6].buf, *out_length = view[7].buf;
+    Py_ssize_t packets = view[1].len / 8, room = view[4].len / 8;
+    if (view[2].len / 8 != packets || view[3].len / 8 != packets || view[5].len / 8 < room || view[6].len / 8 < room ||
+        view[7].len / 8 < room) {
+        PyErr_SetString(PyExc_ValueError, "walk_blocks: the arrays' lengths disagree");
+        goto done;
+    }
+    Py_ssize_t written = 0, shortfall = 0, past = 0, zero = 0, trailing = 0;
+    for (Py_ssize_t p = 0; p < packets; p++) {
+        int64_t at = offsets[p], end = ends[p];
+        if (at < 0 || end > view[0].len || at > end) {
+            PyErr_SetString(PyExc_ValueError, "walk_blocks: a packet outside the data");
+            goto done;
+        }
+        int64_t k = 0;
+        for (; k < counts[p]; k++) {
+            if (end - at < 2) { shortfall++; break; }
+            int64_t length = (int64_t)data[at] << 8 | data[at + 1];
+            if (at + 2 + length > end) { past++; at = end; break; }
+            if (length == 0) zero++;
+            else if (written < room) {
+                out_packet[written] = p; out_index[written] = k; out_at[written] = at + 2; out_length[written] = length;
+                written++;
+            }
+            at += 2 + length;
+        }
+        if (at < end) trailing++;
+    }
+    result = Py_BuildValue("(nnnnn)", written, shortfall, past, zero, trailing);
+done:
+    for (int i = 0; i < held; i++) PyBuffer_Release(&view[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"walk_blocks", (PyCFunction)(void (*)(void))py_walk_blocks, METH_FASTCALL,
+     "walk_blocks(data, offsets, ends, counts, packet, index, at, length) -> (written, short, past, zero, trailing)"},
     {"rdtscp", py_rdtscp, METH_NOARGS, "Time-stamp counter (rdtscp); CLOCK_MONOTONIC_RAW ns off x86-64."},
     {"paired_sample", py_paired_sample, METH_NOARGS,
      "(tsc_before, CLOCK_REALTIME ns, tsc_after): one bracketed calibration sample."},

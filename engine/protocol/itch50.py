@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from engine import _native
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import Field, Layout, as_bytes_array, gather
 from engine.protocol.registry import MdMessages, MdProtocol
@@ -98,62 +99,31 @@ class Packets(NamedTuple):
 
 
 def frame_packets(data, offsets, lengths) -> Packets:
-    """Every message of every packet, vectorised over packets: the loop is over the message
-    index within a packet, never over packets. Packets that are not MoldUDP64 (shorter than
-    the header, or a session that is not printable ASCII) have no messages and count nothing."""
-    data = as_bytes_array(data)
+    """Every message of every packet: the headers vectorised, the blocks walked in C
+    (engine._native.walk_blocks). Packets that are not MoldUDP64 (shorter than the header, or a
+    session that is not printable ASCII) have no messages and count nothing."""
+    data = np.ascontiguousarray(as_bytes_array(data))
     offsets, lengths = np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
     rows = np.flatnonzero(lengths >= MOLD_HEADER.size)
-    header = gather(data, offsets[rows], MOLD_HEADER.dtype)
-    session = np.ascontiguousarray(header["session"]).view(np.uint8).reshape(-1, 10)
-    mold = ((session >= 0x20) & (session < 0x7F)).all(axis=1)
-    rows, header = rows[mold], header[mold]
-    count = header["count"].astype(np.int64)
+    width = MOLD_HEADER.offset("sequence")
+    session = gather(data, offsets[rows], np.dtype((np.void, width))).view(np.uint8).reshape(-1, width)
+    rows = rows[((session >= 0x20) & (session < 0x7F)).all(axis=1)]
+    at = offsets[rows] + MOLD_HEADER.offset("count")
+    count = data[at].astype(np.int64) << 8 | data[at + 1]
     problems = {"heartbeats": int(np.count_nonzero(count == HEARTBEAT)),
                 "end_of_session": int(np.count_nonzero(count == END_OF_SESSION))}
     live = (count != HEARTBEAT) & (count != END_OF_SESSION)
-    rows, count, first_seq = rows[live], count[live], header["sequence"][live].astype(np.int64)
-    end = offsets[rows] + lengths[rows]
-    position = offsets[rows] + MOLD_HEADER.size
-    parts = {"datagram": [], "seq": [], "at": [], "length": []}
-    short = past = zero = 0
-    active = np.arange(rows.size)
-    k = 0
-    while active.size:
-        room = end[active] - position[active]
-        no_header = room < BLOCK_BYTES
-        short += int(np.count_nonzero(no_header))          # the count promised more than is there
-        active = active[~no_header]
-        at = position[active]
-        length = data[at].astype(np.int64) << 8 | data[at + 1]
-        beyond = at + BLOCK_BYTES + length > end[active]
-        past += int(np.count_nonzero(beyond))              # a length past the datagram ends it
-        position[active[beyond]] = end[active[beyond]]
-        active, at, length = active[~beyond], at[~beyond], length[~beyond]
-        empty = length == 0
-        zero += int(np.count_nonzero(empty))
-        keep = ~empty
-        for name, values in (("datagram", rows[active[keep]]), ("seq", first_seq[active[keep]] + k),
-                             ("at", at[keep] + BLOCK_BYTES), ("length", length[keep])):
-            parts[name].append(values)
-        position[active] = at + BLOCK_BYTES + length
-        k += 1
-        active = active[count[active] > k]
-    trailing = int(np.count_nonzero(position < end))
+    rows, count = rows[live], count[live]
+    first_seq = gather(data, offsets[rows] + MOLD_HEADER.offset("sequence"), np.dtype(">u8")).astype(np.int64)
+    starts = offsets[rows] + MOLD_HEADER.size
+    ends = offsets[rows] + lengths[rows]
+    room = int(np.minimum(count, (ends - starts) // BLOCK_BYTES).sum())
+    packet, index, at, length = (np.empty(room, np.int64) for _ in range(4))
+    written, short, past, zero, trailing = _native.walk_blocks(data, starts, ends, count, packet, index, at, length)
+    packet, index = packet[:written], index[:written]
     problems.update({"count_beyond_messages": short, "message_past_datagram": past, "zero_length_messages": zero,
                      "bytes_after_messages": trailing})
-    columns = {name: np.concatenate(values) if values else np.zeros(0, np.int64) for name, values in parts.items()}
-    order = np.lexsort((columns["seq"], columns["datagram"]))
-    return Packets(**{name: values[order] for name, values in columns.items()}, problems=problems)
-
-
-def timestamps_ns(data, at) -> np.ndarray:
-    """The 48-bit Timestamp of the messages at `at`, as int64 ns since midnight."""
-    data = as_bytes_array(data)
-    stamp = np.zeros(len(at), np.int64)
-    for byte in range(6):
-        stamp = stamp << 8 | data[np.asarray(at, np.int64) + 5 + byte]
-    return stamp
+    return Packets(rows[packet], first_seq[packet] + index, at[:written], length[:written], problems)
 
 
 class Itch50MarketData(MdProtocol):
@@ -169,7 +139,7 @@ class Itch50MarketData(MdProtocol):
         known = SIZE_BY_TYPE[types]
         problems = dict(found.problems, undecoded_types=int(np.count_nonzero(known == 0)),
                         wrong_message_lengths=int(np.count_nonzero((known != 0) & (known != found.length))))
-        return MdMessages(found.datagram, found.seq, timestamps_ns(data, found.at), problems)
+        return MdMessages(found.datagram, found.seq, problems)
 
     def decode(self, payload) -> list:
         """A packet's messages as (seq, type letter, record) with the record a numpy row of

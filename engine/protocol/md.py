@@ -220,8 +220,7 @@ class WmMarketData(MdProtocol):
         rows = np.flatnonzero(lengths >= HEADER_SIZE)
         headers = decode_md_headers(data, offsets[rows])
         ok = valid_md_headers(headers, lengths[rows])
-        return MdMessages(rows[ok], headers["seq"][ok].astype(np.int64), headers["send_ts_ns"][ok].astype(np.int64),
-                          {"not_wm": int(lengths.size - np.count_nonzero(ok))})
+        return MdMessages(rows[ok], headers["seq"][ok].astype(np.int64), {"not_wm": int(lengths.size - np.count_nonzero(ok))})
 
     def decode(self, payload) -> MdDatagram:
         return decode_md(payload)

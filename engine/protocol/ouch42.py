@@ -137,9 +137,9 @@ def frame_soup_stream(stream, packet_types: bytes, start: int = 0) -> StreamFram
     `error`."""
     data = np.ascontiguousarray(as_bytes_array(stream))
     size = data.size
-    head = np.arange(start, max(size - SOUP_HEADER + 1, start), dtype=np.int64)
-    kinds = np.frombuffer(packet_types, np.uint8)
-    head = head[np.isin(data[head + 2], kinds)] if head.size else head
+    is_type = np.zeros(256, bool)
+    is_type[np.frombuffer(packet_types, np.uint8)] = True
+    head = np.flatnonzero(is_type[data[start + 2:]]).astype(np.int64) + start
     length = data[head].astype(np.int64) << 8 | data[head + 1]
     head, length = head[(length >= 1) & (length <= MAX_PACKET)], length[(length >= 1) & (length <= MAX_PACKET)]
     ends = head + 2 + length
@@ -203,9 +203,12 @@ class Ouch42Orders(OrderProtocol):
         return enter, records["shares"].astype(np.int64), np.full(enter.size, -1, np.int64)
 
     def order_ids(self, stream, frames, rows) -> np.ndarray:
-        """The client order id in each new order's token (-1 if it is not the lab's digits)."""
-        tokens = gather(as_bytes_array(stream), frames.offset[rows] + SOUP_HEADER, ENTER_ORDER.dtype)["order_token"]
-        return np.array([token_id(t) for t in tokens.tolist()], np.int64)
+        """The client order id in each new order's token (-1 if it is not the lab's 14 digits)."""
+        at = frames.offset[rows] + SOUP_HEADER + ENTER_ORDER.offset("order_token")
+        digits = gather(as_bytes_array(stream), at, np.dtype((np.void, TOKEN_DIGITS))).view(np.uint8)
+        digits = digits.reshape(-1, TOKEN_DIGITS).astype(np.int64) - ord("0")
+        value = digits @ (10 ** np.arange(TOKEN_DIGITS - 1, -1, -1, dtype=np.int64))
+        return np.where(((digits >= 0) & (digits <= 9)).all(axis=1), value, -1)
 
     # -- lab synth -------------------------------------------------------------------------------
     def synth_orders(self, order: dict, decided_ns, first_bit_ns):

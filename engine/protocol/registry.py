@@ -29,8 +29,6 @@ class MdMessages(NamedTuple):
     """Market-data messages found in a batch of datagrams, one row each (int64 arrays)."""
     datagram: object              # index of the datagram it came in
     seq: object                   # its sequence number
-    timestamp_ns: object          # the sender's clock in it, as the protocol counts (WM: since the epoch;
-    #                               ITCH: since midnight)
     problems: dict                # what could not be used, by reason (counts)
 
 
