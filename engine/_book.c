@@ -1,5 +1,5 @@
 /*
- * engine._book: the L2 book (engine.book re-exports L2Book and BookError).
+ * engine._book: the books (engine.book re-exports L2Book, ItchOrders, BookError and the decoders).
  *
  * Per side a ladder of int64 quantities indexed by price tick: index i is the price
  * base + i * tick. A level update is one store; the best index of a side moves by a
@@ -17,6 +17,13 @@
  * update entries to the book of (venue, instrument), counts gaps, duplicates and regressions in
  * the feed's sequence on that book, and returns the MarketUpdate's fields. A datagram it cannot use raises
  * DatagramError(reason).
+ *
+ * decode_itch(payload, books, orders, venue, kernel_rx_ns, app_in) is the same for a MoldUDP64 packet of
+ * ITCH 5.0 messages (offsets from engine.protocol.itch50, through set_itch_layout): an L3 book, each
+ * live order kept by (stock locate, order ref) in `orders` (ItchOrders: open addressing, bounded at
+ * creation) and its shares summed into the ladder of books[venue, locate], with no crossed-book guard.
+ * It returns one MarketUpdate per instrument whose top moved or that traded; a message it cannot use
+ * is counted in orders.dropped by reason and dropped.
  *
  * Prices are int64. Price arithmetic that can leave int64 (placing a window) is done
  * in __int128; a window whose prices would not all fit int64 is refused (BookError).
@@ -192,8 +199,11 @@ static int recentre(L2Book *b, int64_t price) {
 
 /* -- updates ------------------------------------------------------------------------ */
 
-/* Set the quantity at a price; qty 0 deletes the level. 0, or -1 with BookError set. */
-static int set_level(L2Book *b, long side, int64_t price, int64_t qty) {
+/* Set the quantity at a price; qty 0 deletes the level. With `guard`, a new best that crosses the
+ * other side clears what it crosses (an L2 feed's missed delete); the L3 book's levels are sums of
+ * live orders, so it places them as they are. 0, or -1 with BookError set. */
+static inline __attribute__((always_inline)) int place_level(L2Book *b, long side, int64_t price, int64_t qty,
+                                                             int guard) {
     int64_t tick = b->tick;
     if (side != BID && side != ASK) {
         PyErr_Format(BookError, "side must be 1 (bid) or 2 (ask), got %ld", side);
@@ -222,13 +232,15 @@ static int set_level(L2Book *b, long side, int64_t price, int64_t qty) {
     if (qty) {
         if (best < 0 || (side == BID ? i > best : i < best)) {
             b->best[side] = i;
-            uncross(b, side, i);
+            if (guard) uncross(b, side, i);
         }
     } else if (i == best) {
         b->best[side] = scan_from(b, side, i);
     }
     return 0;
 }
+
+static int set_level(L2Book *b, long side, int64_t price, int64_t qty) { return place_level(b, side, price, qty, 1); }
 
 /* -- queries ------------------------------------------------------------------------ */
 
@@ -240,11 +252,19 @@ static PyObject *level_or_none(const L2Book *b, int side) {
     return Py_BuildValue("(LL)", (long long)price_at(b, i), (long long)b->ladder[side][i]);
 }
 
-/* (bid price, bid qty, ask price, ask qty); 0, 0 for an empty side. Built by hand: Py_BuildValue costs more. */
-static PyObject *top_tuple(const L2Book *b) {
+/* (bid price, bid qty, ask price, ask qty) into top; 0, 0 for an empty side. */
+static inline void read_top(const L2Book *b, int64_t top[4]) {
     int64_t bid = b->best[BID], ask = b->best[ASK];
-    int64_t fields[4] = {bid >= 0 ? price_at(b, bid) : 0, bid >= 0 ? b->ladder[BID][bid] : 0,
-                         ask >= 0 ? price_at(b, ask) : 0, ask >= 0 ? b->ladder[ASK][ask] : 0};
+    top[0] = bid >= 0 ? price_at(b, bid) : 0;
+    top[1] = bid >= 0 ? b->ladder[BID][bid] : 0;
+    top[2] = ask >= 0 ? price_at(b, ask) : 0;
+    top[3] = ask >= 0 ? b->ladder[ASK][ask] : 0;
+}
+
+/* The top as a tuple. Built by hand: Py_BuildValue costs more. */
+static PyObject *top_tuple(const L2Book *b) {
+    int64_t fields[4];
+    read_top(b, fields);
     PyObject *top = PyTuple_New(4);
     if (!top) return NULL;
     for (int k = 0; k < 4; k++) {
@@ -538,15 +558,641 @@ static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t n
         trade_qty = LOAD(int64_t, trade + wm.trade_qty_at);
     }
     count_sequence(b, seq);
-    int64_t bid = b->best[BID], ask = b->best[ASK];
-    int64_t fields[13] = {
-        (int64_t)app_in, (int64_t)tsc_now(), kernel_rx_ns, (int64_t)seq, LOAD(int64_t, p + wm.send_ts_at), venue,
-        (int64_t)instrument, bid >= 0 ? price_at(b, bid) : 0, bid >= 0 ? b->ladder[BID][bid] : 0,
-        ask >= 0 ? price_at(b, ask) : 0, ask >= 0 ? b->ladder[ASK][ask] : 0, trade_price, trade_qty};
+    int64_t fields[13] = {(int64_t)app_in, (int64_t)tsc_now(), kernel_rx_ns, (int64_t)seq,
+                          LOAD(int64_t, p + wm.send_ts_at), venue, (int64_t)instrument, 0, 0, 0, 0, trade_price,
+                          trade_qty};
+    read_top(b, fields + 7);
     PyBuffer_Release(&view);
     Py_DECREF(b);
     return tuple_of_int64(fields, 13, 0, 3);    /* app_in, publish TSC, kernel RX ns, seq: unsigned */
 }
+
+/* -- decode_itch: a MoldUDP64 packet of ITCH 5.0 into the L3 book ---------------------------- */
+
+/* What the L3 book does with a message type (ITCH_UNKNOWN: a type it does not know). */
+enum { ITCH_UNKNOWN, ITCH_NO_BOOK, ITCH_ADD, ITCH_EXECUTED, ITCH_EXECUTED_PRICE, ITCH_CANCEL, ITCH_DELETE,
+       ITCH_REPLACE, ITCH_TRADE };
+
+/* set_itch_layout's messages, in the tuple's order: each is its type byte, its size, then (offset, width)
+ * of the stock locate, the timestamp and of the fields below, with the widths this decoder reads. */
+static const struct {
+    int kind, fields, width[4];
+} ITCH_DECLARED[] = {
+    {ITCH_ADD, 4, {8, 1, 4, 4}},              /* Add Order: order ref, side, shares, price */
+    {ITCH_ADD, 4, {8, 1, 4, 4}},              /* Add Order with MPID: the same */
+    {ITCH_EXECUTED, 2, {8, 4}},               /* Order Executed: order ref, executed shares */
+    {ITCH_EXECUTED_PRICE, 4, {8, 4, 1, 4}},   /* ... With Price: order ref, executed shares, printable, price */
+    {ITCH_CANCEL, 2, {8, 4}},                 /* Order Cancel: order ref, cancelled shares */
+    {ITCH_DELETE, 1, {8}},                    /* Order Delete: order ref */
+    {ITCH_REPLACE, 4, {8, 8, 4, 4}},          /* Order Replace: original ref, new ref, shares, price */
+    {ITCH_TRADE, 2, {4, 4}},                  /* Trade (non-cross): shares, price */
+    {ITCH_NO_BOOK, 0, {0}},                   /* System Event */
+    {ITCH_NO_BOOK, 0, {0}},                   /* Stock Directory */
+};
+#define STOCK_LOCATES 65536         /* a u16 */
+
+typedef struct {
+    int kind;
+    Py_ssize_t size, locate_at, stamp_at, at[4];
+} ItchMessage;
+
+/* ITCH 5.0 in MoldUDP64, from its declaration (engine.protocol.itch50, Itch50MarketData.book_layout), given
+ * once by engine.book at import. */
+static struct {
+    int known;
+    Py_ssize_t header_size, seq_at, count_at, block_bytes;
+    int64_t price_scale;
+    unsigned heartbeat, end_of_session;
+    unsigned char buy, sell, printable;
+    ItchMessage message[256];    /* by type byte */
+} itch;
+
+/* Why a message (or the rest of a packet) was dropped; the names are ItchOrders.dropped's keys. */
+enum { DROP_COUNT_BEYOND, DROP_PAST_DATAGRAM, DROP_ZERO_LENGTH, DROP_TRAILING_BYTES, DROP_UNKNOWN_TYPE,
+       DROP_WRONG_LENGTH, DROP_UNKNOWN_INSTRUMENT, DROP_UNKNOWN_REF, DROP_DUPLICATE_REF, DROP_MAP_FULL,
+       DROP_BAD_SIDE, DROP_OFF_GRID, DROP_EXCESS_SHARES, DROP_BOOK_REFUSED, DROPS };
+static const char *const DROP_REASONS[DROPS] = {
+    "count beyond messages", "message past datagram", "zero-length message", "bytes after messages",
+    "unknown message type", "wrong message length", "unknown instrument", "unknown order ref",
+    "duplicate order ref", "order map full", "bad side", "price off the tick grid", "shares beyond the order",
+    "book refused the price"};
+
+typedef struct {
+    uint64_t ref;
+    int64_t price;
+    uint32_t shares;
+    uint16_t locate;
+    uint8_t side;                /* BID or ASK; 0 marks a free slot */
+} Order;
+
+typedef struct {
+    L2Book *book;                /* books[venue, locate] (a reference), NULL if the config names none */
+    uint32_t packet;             /* the packet that last touched it */
+    uint32_t touched;            /* its entry in ItchOrders.touched in that packet */
+    uint8_t looked_up;
+} Instrument;
+
+typedef struct {                 /* an instrument a packet touched */
+    L2Book *book;
+    uint64_t seq;                /* of the last message applied to it */
+    int64_t stamp;               /* that message's Timestamp */
+    int64_t top[4];              /* after it */
+    int64_t trade_price, trade_qty;
+    uint16_t locate;
+    uint8_t changed;             /* its top moved or it traded: it has an update */
+} Touched;
+
+typedef struct {
+    PyObject_HEAD
+    Order *orders;               /* open addressing, linear probing; at most half full */
+    size_t capacity, count;
+    Py_ssize_t max_orders;
+    Instrument *instruments;     /* by stock locate, for the books and venue of the last call */
+    PyObject *books;
+    long venue;
+    Touched *touched;            /* the current packet's instruments, in order of first touch */
+    uint32_t *changed;           /* indices into touched, in order of first change */
+    size_t touched_capacity, n_touched, n_changed;
+    uint32_t packet;
+    int busy;
+    unsigned long long drops[DROPS];
+    unsigned long long packets, messages;
+    int started;
+    uint64_t next_seq, last_seq;
+    unsigned long long gaps, duplicates, regressions;
+} ItchOrders;
+
+static PyTypeObject ItchOrdersType;
+
+static inline unsigned load_be16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
+static inline uint32_t load_be32(const unsigned char *p) { return __builtin_bswap32(LOAD(uint32_t, p)); }
+static inline uint64_t load_be64(const unsigned char *p) { return __builtin_bswap64(LOAD(uint64_t, p)); }
+static inline int64_t load_be48(const unsigned char *p) {
+    int64_t value = 0;
+    for (int k = 0; k < 6; k++) value = value << 8 | p[k];
+    return value;
+}
+static inline int64_t price_of(const unsigned char *p) { return (int64_t)load_be32(p) * itch.price_scale; }
+static inline int side_of(unsigned char code) { return code == itch.buy ? BID : code == itch.sell ? ASK : 0; }
+static inline int drop(ItchOrders *o, int reason) {
+    o->drops[reason]++;
+    return 0;
+}
+
+/* -- the order map -- */
+
+static inline size_t order_slot(const ItchOrders *o, uint64_t ref, unsigned locate) {
+    uint64_t x = ref ^ (locate * 0x9E3779B97F4A7C15ULL);     /* splitmix64's finaliser */
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return (x ^ (x >> 31)) & (o->capacity - 1);
+}
+
+static Order *find_order(ItchOrders *o, uint64_t ref, unsigned locate) {
+    for (size_t i = order_slot(o, ref, locate);; i = (i + 1) & (o->capacity - 1)) {
+        Order *e = &o->orders[i];
+        if (!e->side) return NULL;
+        if (e->ref == ref && e->locate == locate) return e;
+    }
+}
+
+/* Into a free slot; the caller has made room. */
+static void put_order(ItchOrders *o, uint64_t ref, unsigned locate, int side, int64_t price, uint32_t shares) {
+    size_t i = order_slot(o, ref, locate);
+    while (o->orders[i].side) i = (i + 1) & (o->capacity - 1);
+    o->orders[i] = (Order){ref, price, shares, (uint16_t)locate, (uint8_t)side};
+    o->count++;
+}
+
+/* Room for one more order, the table kept at most half full: 0, or -1 if it cannot grow (no exception). */
+static int make_room(ItchOrders *o) {
+    if (2 * (o->count + 1) <= o->capacity) return 0;
+    Order *old = o->orders;
+    size_t old_capacity = o->capacity;
+    Order *table = calloc(2 * old_capacity, sizeof(Order));
+    if (!table) return -1;
+    o->orders = table;
+    o->capacity = 2 * old_capacity;
+    o->count = 0;
+    for (size_t i = 0; i < old_capacity; i++)
+        if (old[i].side) put_order(o, old[i].ref, old[i].locate, old[i].side, old[i].price, old[i].shares);
+    free(old);
+    return 0;
+}
+
+/* Backward-shift deletion: the entries after it that may move closer to their home slot do, so no
+ * tombstones are left. */
+static void remove_order(ItchOrders *o, Order *e) {
+    size_t mask = o->capacity - 1, hole = (size_t)(e - o->orders);
+    for (size_t i = (hole + 1) & mask; o->orders[i].side; i = (i + 1) & mask) {
+        size_t home = order_slot(o, o->orders[i].ref, o->orders[i].locate);
+        if (((i - hole) & mask) <= ((i - home) & mask)) {     /* the hole lies on its probe path */
+            o->orders[hole] = o->orders[i];
+            hole = i;
+        }
+    }
+    o->orders[hole].side = 0;
+    o->count--;
+}
+
+/* -- the levels: sums of the live orders' shares -- */
+
+static int64_t level_qty(const L2Book *b, int side, int64_t price) {
+    int64_t offset, i;
+    if (!b->has_base || __builtin_sub_overflow(price, b->base, &offset)) return 0;
+    i = floor_div(offset, b->tick);
+    return i >= 0 && i < b->window ? b->ladder[side][i] : 0;
+}
+
+/* `delta` shares at a price on the tick grid: 0, or -1 with BookError (or MemoryError) set. */
+static int change_level(L2Book *b, int side, int64_t price, int64_t delta) {
+    if (!delta) return 0;
+    return place_level(b, side, price, level_qty(b, side, price) + delta, 0);
+}
+
+static int add_order(ItchOrders *o, L2Book *b, unsigned locate, uint64_t ref, int side, uint32_t shares,
+                     int64_t price) {
+    if (price % b->tick) return drop(o, DROP_OFF_GRID);
+    if (find_order(o, ref, locate)) return drop(o, DROP_DUPLICATE_REF);
+    if ((Py_ssize_t)o->count >= o->max_orders || make_room(o) < 0) return drop(o, DROP_MAP_FULL);
+    if (change_level(b, side, price, shares) < 0) {
+        PyErr_Clear();
+        return drop(o, DROP_BOOK_REFUSED);
+    }
+    put_order(o, ref, locate, side, price, shares);
+    return 1;
+}
+
+/* `shares` off a live order (executed, cancelled, or all of them deleted); it goes at 0. 1 if applied. */
+static int reduce_order(ItchOrders *o, L2Book *b, Order *e, uint32_t shares) {
+    if (shares > e->shares) return drop(o, DROP_EXCESS_SHARES);
+    if (change_level(b, e->side, e->price, -(int64_t)shares) < 0) {   /* its level holds it: cannot fail */
+        PyErr_Clear();
+        return drop(o, DROP_BOOK_REFUSED);
+    }
+    e->shares -= shares;
+    if (!e->shares) remove_order(o, e);
+    return 1;
+}
+
+/* -- the instruments of a venue -- */
+
+/* The instruments table caches books[venue, locate]; other books or another venue start it afresh. */
+static void use_books(ItchOrders *o, PyObject *books, long venue) {
+    if (books == o->books && venue == o->venue) return;
+    for (size_t k = 0; k < STOCK_LOCATES; k++) {
+        Py_CLEAR(o->instruments[k].book);
+        o->instruments[k].looked_up = 0;
+    }
+    Py_INCREF(books);
+    Py_XSETREF(o->books, books);
+    o->venue = venue;
+}
+
+/* *book = the locate's book, or NULL for an instrument the config does not name (looked up once).
+ * -1 if the books mapping failed otherwise (an exception set). */
+static int instrument_book(ItchOrders *o, unsigned locate, L2Book **book) {
+    Instrument *in = &o->instruments[locate];
+    if (!in->looked_up) {
+        L2Book *found = book_of(o->books, (unsigned)o->venue, locate);
+        if (!found) {
+            if (!PyErr_ExceptionMatches(DatagramError) && !PyErr_ExceptionMatches(PyExc_KeyError)) return -1;
+            PyErr_Clear();
+        }
+        in->book = found;
+        in->looked_up = 1;
+    }
+    *book = in->book;
+    return 0;
+}
+
+static Touched *touch(ItchOrders *o, unsigned locate, L2Book *b) {
+    Instrument *in = &o->instruments[locate];
+    if (in->packet != o->packet) {
+        in->packet = o->packet;
+        in->touched = (uint32_t)o->n_touched;
+        Touched *t = &o->touched[o->n_touched++];
+        t->book = b;
+        t->locate = (uint16_t)locate;
+        t->changed = 0;
+        t->trade_price = t->trade_qty = 0;
+        read_top(b, t->top);
+    }
+    return &o->touched[in->touched];
+}
+
+static void touched_by(ItchOrders *o, Touched *t, uint64_t seq, int64_t stamp, int traded) {
+    int64_t top[4];
+    t->seq = seq;
+    t->stamp = stamp;
+    read_top(t->book, top);
+    if (traded || memcmp(top, t->top, sizeof top)) {
+        memcpy(t->top, top, sizeof top);
+        if (!t->changed) {
+            t->changed = 1;
+            o->changed[o->n_changed++] = (uint32_t)(t - o->touched);
+        }
+    }
+}
+
+/* Room for `n` touched instruments: 0, or -1 with MemoryError. */
+static int reserve_touched(ItchOrders *o, size_t n) {
+    if (n <= o->touched_capacity) return 0;
+    Touched *touched = PyMem_Realloc(o->touched, n * sizeof(Touched));
+    if (touched) o->touched = touched;
+    uint32_t *changed = touched ? PyMem_Realloc(o->changed, n * sizeof(uint32_t)) : NULL;
+    if (!changed) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->changed = changed;
+    o->touched_capacity = n;
+    return 0;
+}
+
+/* One message, its length checked to lie in the packet, applied to its book; drops are counted.
+ * 0, or -1 with an exception set (the books mapping failed: not the feed's fault). */
+static int apply_message(ItchOrders *o, const unsigned char *m, Py_ssize_t length, uint64_t seq) {
+    const ItchMessage *layout = &itch.message[m[0]];
+    if (layout->kind == ITCH_UNKNOWN) return drop(o, DROP_UNKNOWN_TYPE);
+    if (length != layout->size) return drop(o, DROP_WRONG_LENGTH);
+    if (layout->kind == ITCH_NO_BOOK) return 0;
+    unsigned locate = load_be16(m + layout->locate_at);
+    L2Book *b;
+    if (instrument_book(o, locate, &b) < 0) return -1;
+    if (!b) return drop(o, DROP_UNKNOWN_INSTRUMENT);
+    Touched *t = touch(o, locate, b);
+    const Py_ssize_t *at = layout->at;
+    int traded = 0;
+    switch (layout->kind) {
+    case ITCH_ADD: {
+        int side = side_of(m[at[1]]);
+        if (!side) return drop(o, DROP_BAD_SIDE);
+        if (!add_order(o, b, locate, load_be64(m + at[0]), side, load_be32(m + at[2]), price_of(m + at[3])))
+            return 0;
+        break;
+    }
+    case ITCH_EXECUTED:
+    case ITCH_EXECUTED_PRICE:
+    case ITCH_CANCEL:
+    case ITCH_DELETE: {
+        Order *e = find_order(o, load_be64(m + at[0]), locate);
+        if (!e) return drop(o, DROP_UNKNOWN_REF);
+        int64_t price = e->price;
+        uint32_t shares = layout->kind == ITCH_DELETE ? e->shares : load_be32(m + at[1]);
+        if (!reduce_order(o, b, e, shares)) return 0;
+        if (layout->kind == ITCH_EXECUTED || (layout->kind == ITCH_EXECUTED_PRICE && m[at[2]] == itch.printable)) {
+            t->trade_price = layout->kind == ITCH_EXECUTED ? price : price_of(m + at[3]);
+            t->trade_qty = shares;
+            traded = 1;
+        }
+        break;
+    }
+    case ITCH_REPLACE: {
+        uint64_t original = load_be64(m + at[0]), ref = load_be64(m + at[1]);
+        uint32_t shares = load_be32(m + at[2]);
+        int64_t price = price_of(m + at[3]);
+        Order *e = find_order(o, original, locate);
+        if (!e) return drop(o, DROP_UNKNOWN_REF);
+        if (price % b->tick) return drop(o, DROP_OFF_GRID);
+        if (ref != original && find_order(o, ref, locate)) return drop(o, DROP_DUPLICATE_REF);
+        int side = e->side;
+        if (!reduce_order(o, b, e, e->shares)) return 0;
+        if (change_level(b, side, price, shares) < 0) {    /* the original is gone either way */
+            PyErr_Clear();
+            drop(o, DROP_BOOK_REFUSED);
+        } else {
+            put_order(o, ref, locate, side, price, shares);   /* the original's slot: no room needed */
+        }
+        break;
+    }
+    case ITCH_TRADE:
+        t->trade_price = price_of(m + at[1]);
+        t->trade_qty = load_be32(m + at[0]);
+        traded = 1;
+        break;
+    }
+    touched_by(o, t, seq, load_be48(m + layout->stamp_at), traded);
+    return 0;
+}
+
+/* The feed's MoldUDP64 sequence, counted as decode() counts WM's: messages skipped (gaps), the last
+ * packet again (duplicates), packets that start below the next expected seq (regressions). Every packet
+ * is applied; none of the counts can wrap. */
+static void follow_sequence(ItchOrders *o, uint64_t seq, unsigned count) {
+    uint64_t end = seq > UINT64_MAX - count ? UINT64_MAX : seq + count;
+    if (o->started && seq > o->next_seq) o->gaps += seq - o->next_seq;
+    else if (o->started && seq < o->next_seq) {
+        if (seq == o->last_seq) o->duplicates++;
+        else o->regressions++;
+    }
+    if (!o->started || end > o->next_seq) o->next_seq = end;
+    o->started = 1;
+    o->last_seq = seq;
+}
+
+static PyObject *changed_updates(ItchOrders *o, long venue, long long kernel_rx_ns, unsigned long long app_in) {
+    PyObject *out = PyTuple_New((Py_ssize_t)o->n_changed);
+    if (!out) return NULL;
+    int64_t published = (int64_t)tsc_now();
+    for (size_t k = 0; k < o->n_changed; k++) {
+        const Touched *t = &o->touched[o->changed[k]];
+        int64_t fields[13] = {(int64_t)app_in, published, kernel_rx_ns, (int64_t)t->seq, t->stamp, venue, t->locate,
+                              t->top[0], t->top[1], t->top[2], t->top[3], t->trade_price, t->trade_qty};
+        PyObject *update = tuple_of_int64(fields, 13, 0, 3);
+        if (!update) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, (Py_ssize_t)k, update);
+    }
+    return out;
+}
+
+/* decode_itch(payload, books, orders, venue, kernel_rx_ns, app_in) -> a tuple of MarketUpdate fields */
+static PyObject *itch_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) return PyErr_Format(PyExc_TypeError, "decode_itch takes 6 arguments (%zd given)", nargs);
+    if (!PyObject_TypeCheck(args[2], &ItchOrdersType))
+        return PyErr_Format(PyExc_TypeError, "decode_itch: orders must be an ItchOrders, not %.100s",
+                            Py_TYPE(args[2])->tp_name);
+    ItchOrders *o = (ItchOrders *)args[2];
+    long venue = PyLong_AsLong(args[3]);
+    if (venue == -1 && PyErr_Occurred()) return NULL;
+    if (venue < 0 || venue > 0xFFFF)
+        return PyErr_Format(PyExc_ValueError, "decode_itch: venue %ld is not a u16", venue);
+    long long kernel_rx_ns = PyLong_AsLongLong(args[4]);
+    if (kernel_rx_ns == -1 && PyErr_Occurred()) return NULL;
+    unsigned long long app_in = PyLong_AsUnsignedLongLong(args[5]);
+    if (app_in == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (o->busy) return PyErr_Format(PyExc_RuntimeError, "decode_itch: this ItchOrders is already decoding");
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = view.buf, *end = p + view.len;
+    const char *problem = !itch.known ? "no layout: engine.book sets it at import"
+                          : view.len < itch.header_size ? "short datagram" : NULL;
+    if (problem) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(DatagramError, problem);
+        return NULL;
+    }
+    unsigned count = load_be16(p + itch.count_at);
+    if (count == itch.heartbeat || count == itch.end_of_session) {
+        PyBuffer_Release(&view);
+        return PyTuple_New(0);
+    }
+    /* a message that can touch a book takes at least block_bytes + 1 bytes: no more of them than this */
+    size_t most = (size_t)(view.len - itch.header_size) / (size_t)(itch.block_bytes + 1);
+    if (reserve_touched(o, most < count ? most : count) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint64_t seq = load_be64(p + itch.seq_at);
+    o->busy = 1;                              /* from here the books mapping may run Python code */
+    use_books(o, args[1], venue);
+    follow_sequence(o, seq, count);
+    o->packets++;
+    if (++o->packet == 0) {                   /* the packet mark wrapped: no stale mark may match */
+        for (size_t k = 0; k < STOCK_LOCATES; k++) o->instruments[k].packet = 0;
+        o->packet = 1;
+    }
+    o->n_touched = o->n_changed = 0;
+    const unsigned char *at = p + itch.header_size;
+    int failed = 0;
+    unsigned k;
+    for (k = 0; k < count; k++) {
+        if (end - at < itch.block_bytes) {
+            drop(o, DROP_COUNT_BEYOND);            /* the rest of the packet */
+            break;
+        }
+        Py_ssize_t length = load_be16(at);
+        at += itch.block_bytes;
+        if (length > end - at) {
+            drop(o, DROP_PAST_DATAGRAM);           /* the rest of the packet */
+            break;
+        }
+        const unsigned char *message = at;
+        at += length;
+        if (!length) {
+            drop(o, DROP_ZERO_LENGTH);
+            continue;
+        }
+        o->messages++;
+        if (apply_message(o, message, length, seq + k) < 0) {
+            failed = 1;
+            break;
+        }
+    }
+    if (k == count && at < end) drop(o, DROP_TRAILING_BYTES);
+    o->busy = 0;
+    PyBuffer_Release(&view);
+    return failed ? NULL : changed_updates(o, venue, kernel_rx_ns, app_in);
+}
+
+/* set_itch_layout(fields): the layout, as the tuple Itch50MarketData.book_layout gives it. */
+static int next_field(PyObject *fields, Py_ssize_t *k, Py_ssize_t *value) {
+    if (*k >= PyTuple_GET_SIZE(fields)) {
+        PyErr_SetString(PyExc_ValueError, "set_itch_layout: the tuple ends too soon");
+        return -1;
+    }
+    *value = PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, *k));
+    if (*value == -1 && PyErr_Occurred()) return -1;
+    if (*value < 0) {
+        PyErr_Format(PyExc_ValueError, "set_itch_layout: field %zd is negative", *k);
+        return -1;
+    }
+    (*k)++;
+    return 0;
+}
+
+/* The next (offset, width): the width must be `width` and the field inside its `size`-byte record. */
+static int next_place(PyObject *fields, Py_ssize_t *k, Py_ssize_t width, Py_ssize_t size, Py_ssize_t *at) {
+    Py_ssize_t declared;
+    if (next_field(fields, k, at) < 0 || next_field(fields, k, &declared) < 0) return -1;
+    if (declared != width || *at + width > size) {
+        PyErr_Format(PyExc_ValueError, "set_itch_layout: the field at %zd is %zd bytes (the decoder reads %zd) "
+                     "or runs past its %zd-byte record", *at, declared, width, size);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *itch_set_layout(PyObject *module, PyObject *fields) {
+    if (!PyTuple_Check(fields)) return PyErr_Format(PyExc_TypeError, "set_itch_layout takes a tuple of integers");
+    Py_ssize_t k = 0, price_scale, heartbeat, end_of_session, buy, sell, printable;
+    itch.known = 0;
+    memset(itch.message, 0, sizeof itch.message);
+    if (next_field(fields, &k, &itch.header_size) < 0 ||
+        next_place(fields, &k, 8, itch.header_size, &itch.seq_at) < 0 ||
+        next_place(fields, &k, 2, itch.header_size, &itch.count_at) < 0 ||
+        next_field(fields, &k, &itch.block_bytes) < 0 || next_field(fields, &k, &price_scale) < 0 ||
+        next_field(fields, &k, &heartbeat) < 0 || next_field(fields, &k, &end_of_session) < 0 ||
+        next_field(fields, &k, &buy) < 0 || next_field(fields, &k, &sell) < 0 || next_field(fields, &k, &printable) < 0)
+        return NULL;
+    if (itch.block_bytes != 2 || price_scale < 1 || price_scale > INT64_MAX / UINT32_MAX || heartbeat > 0xFFFF ||
+        end_of_session > 0xFFFF || buy > 0xFF || sell > 0xFF || printable > 0xFF || buy == sell)
+        return PyErr_Format(PyExc_ValueError, "set_itch_layout: the block length, the price scale or a code is "
+                            "out of range");
+    itch.price_scale = price_scale;
+    itch.heartbeat = (unsigned)heartbeat;
+    itch.end_of_session = (unsigned)end_of_session;
+    itch.buy = (unsigned char)buy;
+    itch.sell = (unsigned char)sell;
+    itch.printable = (unsigned char)printable;
+    for (size_t n = 0; n < sizeof ITCH_DECLARED / sizeof ITCH_DECLARED[0]; n++) {
+        Py_ssize_t type, size;
+        if (next_field(fields, &k, &type) < 0 || next_field(fields, &k, &size) < 0) return NULL;
+        if (type > 0xFF || itch.message[type].kind || size < 1 || size > 0xFFFF)
+            return PyErr_Format(PyExc_ValueError, "set_itch_layout: message %zd: type %zd taken or out of range, "
+                                "or size %zd", n, type, size);
+        ItchMessage *message = &itch.message[type];
+        message->size = size;
+        if (next_place(fields, &k, 2, size, &message->locate_at) < 0 ||
+            next_place(fields, &k, 6, size, &message->stamp_at) < 0)
+            return NULL;
+        for (int f = 0; f < ITCH_DECLARED[n].fields; f++)
+            if (next_place(fields, &k, ITCH_DECLARED[n].width[f], size, &message->at[f]) < 0) return NULL;
+        message->kind = ITCH_DECLARED[n].kind;
+    }
+    if (k != PyTuple_GET_SIZE(fields))
+        return PyErr_Format(PyExc_ValueError, "set_itch_layout: %zd fields left over", PyTuple_GET_SIZE(fields) - k);
+    itch.known = 1;
+    Py_RETURN_NONE;
+}
+
+/* -- ItchOrders, the Python type -- */
+
+static PyObject *orders_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"max_orders", NULL};
+    Py_ssize_t max_orders;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:ItchOrders", kwlist, &max_orders)) return NULL;
+    if (max_orders < 1 || (size_t)max_orders > SIZE_MAX / 4 / sizeof(Order))
+        return PyErr_Format(PyExc_ValueError, "max_orders must be positive and addressable, got %zd", max_orders);
+    ItchOrders *o = (ItchOrders *)type->tp_alloc(type, 0);
+    if (!o) return NULL;
+    o->max_orders = max_orders;
+    o->venue = -1;
+    o->capacity = 1 << 12;
+    o->orders = calloc(o->capacity, sizeof(Order));
+    o->instruments = calloc(STOCK_LOCATES, sizeof(Instrument));
+    if (!o->orders || !o->instruments) {
+        Py_DECREF(o);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)o;
+}
+
+static void orders_dealloc(ItchOrders *o) {
+    if (o->instruments)
+        for (size_t k = 0; k < STOCK_LOCATES; k++) Py_XDECREF(o->instruments[k].book);
+    Py_XDECREF(o->books);
+    free(o->orders);
+    free(o->instruments);
+    PyMem_Free(o->touched);
+    PyMem_Free(o->changed);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static Py_ssize_t orders_length(ItchOrders *o) { return (Py_ssize_t)o->count; }
+
+static PyObject *orders_find(ItchOrders *o, PyObject *args) {
+    unsigned int locate;
+    unsigned long long ref;
+    if (!PyArg_ParseTuple(args, "IK:find", &locate, &ref)) return NULL;
+    if (locate >= STOCK_LOCATES) return PyErr_Format(PyExc_ValueError, "find: locate %u is not a u16", locate);
+    Order *e = find_order(o, ref, locate);
+    if (!e) Py_RETURN_NONE;
+    return Py_BuildValue("(iLk)", e->side, (long long)e->price, (unsigned long)e->shares);
+}
+
+static PyObject *orders_dropped(ItchOrders *o, void *closure) {
+    PyObject *out = PyDict_New();
+    for (int reason = 0; out && reason < DROPS; reason++) {
+        if (!o->drops[reason]) continue;
+        PyObject *count = PyLong_FromUnsignedLongLong(o->drops[reason]);
+        if (!count || PyDict_SetItemString(out, DROP_REASONS[reason], count) < 0) Py_CLEAR(out);
+        Py_XDECREF(count);
+    }
+    return out;
+}
+
+static PyMethodDef orders_methods[] = {
+    {"find", (PyCFunction)orders_find, METH_VARARGS,
+     "find(locate, ref) -> (side, price, shares) of a live order, or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef orders_getset[] = {
+    {"dropped", (getter)orders_dropped, NULL, "messages (or rests of packets) dropped, by reason", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef orders_members[] = {
+    {"max_orders", T_PYSSIZET, offsetof(ItchOrders, max_orders), READONLY, "the most live orders it holds"},
+    {"packets", T_ULONGLONG, offsetof(ItchOrders, packets), READONLY, "packets with messages decode_itch took"},
+    {"messages", T_ULONGLONG, offsetof(ItchOrders, messages), READONLY, "messages in them (not all applied)"},
+    {"gaps", T_ULONGLONG, offsetof(ItchOrders, gaps), READONLY, "messages missing from the feed's sequence"},
+    {"duplicates", T_ULONGLONG, offsetof(ItchOrders, duplicates), READONLY, "packets with the last one's seq again"},
+    {"regressions", T_ULONGLONG, offsetof(ItchOrders, regressions), READONLY,
+     "packets starting below the next expected seq, other than duplicates"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PySequenceMethods orders_sequence = {.sq_length = (lenfunc)orders_length};
+
+static PyTypeObject ItchOrdersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine.book.ItchOrders",
+    .tp_doc = "ItchOrders(max_orders): one ITCH feed's live orders by (stock locate, order ref), for decode_itch; "
+              "an add past max_orders is dropped as 'order map full'",
+    .tp_basicsize = sizeof(ItchOrders),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = orders_new,
+    .tp_dealloc = (destructor)orders_dealloc,
+    .tp_methods = orders_methods,
+    .tp_members = orders_members,
+    .tp_getset = orders_getset,
+    .tp_as_sequence = &orders_sequence,
+};
 
 static PyMethodDef module_methods[] = {
     {"set_layout", md_set_layout, METH_O,
@@ -555,13 +1201,19 @@ static PyMethodDef module_methods[] = {
      "decode(payload, books, kernel_rx_ns, app_in) -> MarketUpdate fields (app_in, publish TSC, kernel_rx_ns, seq, "
      "send_ts_ns, venue, instrument, bid price, bid qty, ask price, ask qty, trade price, trade qty); "
      "DatagramError(reason) if it cannot be used"},
+    {"set_itch_layout", itch_set_layout, METH_O,
+     "set_itch_layout(fields): ITCH 5.0 in MoldUDP64 (engine.protocol.itch50 Itch50MarketData.book_layout)"},
+    {"decode_itch", (PyCFunction)(void (*)(void))itch_decode, METH_FASTCALL,
+     "decode_itch(payload, books, orders, venue, kernel_rx_ns, app_in) -> a tuple of MarketUpdate fields, one per "
+     "instrument whose top of book moved or that traded, in order of first change; bad messages are counted in "
+     "orders.dropped and dropped; DatagramError(reason) for a packet shorter than the MoldUDP64 header"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_book", NULL, -1, module_methods};
 
 PyMODINIT_FUNC PyInit__book(void) {
-    if (PyType_Ready(&L2BookType) < 0) return NULL;
+    if (PyType_Ready(&L2BookType) < 0 || PyType_Ready(&ItchOrdersType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     BookError = PyErr_NewExceptionWithDoc(
@@ -572,7 +1224,8 @@ PyMODINIT_FUNC PyInit__book(void) {
         PyExc_ValueError, NULL);
     if (!BookError || !DatagramError || PyModule_AddObjectRef(m, "BookError", BookError) < 0 ||
         PyModule_AddObjectRef(m, "DatagramError", DatagramError) < 0 ||
-        PyModule_AddObjectRef(m, "L2Book", (PyObject *)&L2BookType) < 0) {
+        PyModule_AddObjectRef(m, "L2Book", (PyObject *)&L2BookType) < 0 ||
+        PyModule_AddObjectRef(m, "ItchOrders", (PyObject *)&ItchOrdersType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from engine.gateway import STRATEGIES
 from engine.models import MODELS
 from engine.overseer import RiskLimits
-from engine.protocol.registry import DEFAULT_ORDERS, order_protocol_names
+from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS, md_protocols, order_protocol_names
 
 
 class ConfigError(ValueError):
@@ -22,6 +22,7 @@ class VenueConfig:
     gateway: tuple[str, int]
     account: int = 1
     orders: str = DEFAULT_ORDERS                         # the order protocol's name
+    md: str = DEFAULT_MD                                 # the feed's market-data protocol's name
 
 
 @dataclass
@@ -84,15 +85,18 @@ def parse_config(text: str) -> EngineConfig:
         raise ConfigError(f"engine.logger: expected a file path, got {config.logger!r}")
     if config.logger and not config.timing:
         raise ConfigError("engine.logger: needs engine.timing = true (replay orders its inputs by the timing records)")
+    readable_md = [p.name for p in md_protocols() if p.book_layout is not None]   # the engine's book reads them
     for i, v in enumerate(data.get("venues", [])):
         if "id" not in v:
             raise ConfigError(f"venues[{i}].id: missing")
         if v.get("orders", DEFAULT_ORDERS) not in order_protocol_names():
             raise ConfigError(f"venues[{i}].orders: {v.get('orders')!r} is not one of "
                               f"{', '.join(order_protocol_names())}")
+        if v.get("md", DEFAULT_MD) not in readable_md:
+            raise ConfigError(f"venues[{i}].md: {v.get('md')!r} is not one of {', '.join(readable_md)}")
         config.venues.append(VenueConfig(v["id"], _address(v.get("feed"), f"venues[{i}].feed"),
                                          _address(v.get("gateway"), f"venues[{i}].gateway"), v.get("account", 1),
-                                         v.get("orders", DEFAULT_ORDERS)))
+                                         v.get("orders", DEFAULT_ORDERS), v.get("md", DEFAULT_MD)))
     if not config.venues:
         raise ConfigError("venues: at least one [[venues]] is needed")
     for i, inst in enumerate(data.get("instruments", [])):

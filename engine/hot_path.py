@@ -31,6 +31,15 @@ class HotPath:
         if update is not None:
             self.record(update, self.decide(update))
 
+    def on_packet(self, venue: int, orders, payload, kernel_rx_ns: int, app_in: int) -> None:
+        """An ITCH packet (`orders`: its feed's order map): one MarketUpdate per instrument it changed, each
+        decided on in turn; the queue and vector writes follow every send."""
+        updates = self.md.decode_packet(venue, orders, payload, kernel_rx_ns, app_in)
+        if updates:
+            decided = [(update, self.decide(update)) for update in updates]
+            for update, fresh in decided:
+                self.record(update, fresh)
+
     def decide(self, update: tuple, venue_at: int = UPDATE_VENUE, instrument_at: int = UPDATE_INSTRUMENT) -> dict:
         """The models of the update's instrument, in slot order; each fresh wish goes to the Overseer
         at once, which sends through the gateway before the next model runs (as separate actors

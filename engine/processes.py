@@ -107,7 +107,7 @@ def _steps(engine, role: str, timing):
 
 def _part(engine, role: str) -> dict:
     if role == "md_handler":
-        return {"md_handled": engine.md.handled, "md_dropped": dict(engine.md.dropped), **engine.md.sequence_counts()}
+        return {"md_handled": engine.md.handled, "md_dropped": engine.md.drop_counts(), **engine.md.sequence_counts()}
     if role == "overseer":
         o = engine.overseer
         return {"refused": dict(o.refused),

@@ -12,6 +12,7 @@ import select
 import signal
 import time
 from contextlib import contextmanager
+from functools import partial
 
 from engine._native import recv_spin
 from engine.book import Books
@@ -26,6 +27,7 @@ from engine.models import MODELS
 from engine.net import udp_receiver
 from engine.overseer import Overseer
 from engine.lifeline import die_with_parent_from_environment
+from engine.protocol.registry import md_protocol
 from engine.queues import Queue, SeqlockVector, sweep_stale_segments
 from engine.telemetry import TelemetryRecorder
 
@@ -51,7 +53,8 @@ class Engine:
             return config.ticks.get((venue, instrument), 10**6)
         self.books = Books(config.instruments(), tick_for)
         self.feeds = [udp_receiver(*v.feed) for v in config.venues]
-        self.md = MarketDataHandler(self.feeds, self.books, md_q.producer(), timing)
+        order_feeds = {feed: v.id for feed, v in enumerate(config.venues) if md_protocol(v.md).book_orders}
+        self.md = MarketDataHandler(self.feeds, self.books, md_q.producer(), timing, order_feeds)
         self.md_updates = md_q.consumer()
         self.models = []
         for slot, m in enumerate(config.models):
@@ -78,6 +81,9 @@ class Engine:
         self.gateway.on_disconnect = self._unwatch_session
         self.hot_path = HotPath(self.md, self.models, self.overseer, self.ideal, timing)
         self.on_datagram = self.hot_path.on_datagram
+        # each feed's way into the hot path: a WM datagram, or an ITCH packet with its feed's order map
+        self.feed_paths = [partial(self.hot_path.on_packet, *self.md.order_maps[feed]) if feed in self.md.order_maps
+                           else self.on_datagram for feed in range(len(self.feeds))]
         self.warmer = HotPathWarmer(config, tick_for, self.models, self.books)
 
     def _watch_session(self, session) -> None:
@@ -109,7 +115,7 @@ class Engine:
         got = recv_spin(self.feed_fds, FEED_BATCH, self.spin_ticks)
         if got is None:
             return False
-        on_datagram = self.on_datagram
+        on_datagram = self.feed_paths[got[0]]
         for payload, kernel_rx_ns in got[1]:
             on_datagram(payload, kernel_rx_ns, tsc())
         return True
@@ -197,7 +203,7 @@ class Engine:
     def summary(self) -> dict:
         span_ns = (self.calibration.to_ns(self.md.last_app_in) - self.calibration.to_ns(self.md.first_app_in)
                    if self.calibration and self.md.handled > 1 else 0)
-        return {"md_handled": self.md.handled, "md_dropped": dict(self.md.dropped), **self.md.sequence_counts(),
+        return {"md_handled": self.md.handled, "md_dropped": self.md.drop_counts(), **self.md.sequence_counts(),
                 "md_span_ns": span_ns,
                 "orders": self.gateway.counts["orders"], "gateway": dict(self.gateway.counts),
                 "refused": dict(self.overseer.refused), "venue_failed": self.gateway.failed,

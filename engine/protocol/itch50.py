@@ -26,6 +26,8 @@ from engine.protocol.layout import Field, Layout, as_bytes_array, gather
 from engine.protocol.registry import MdMessages, MdProtocol
 
 PRICE_SCALE = 10**4                 # Price(4) -> ticks of 1e-8
+BUY, SELL = b"B", b"S"              # Buy/Sell Indicator
+PRINTABLE = b"Y"                    # an Order Executed With Price that prints (counts as a trade)
 HEARTBEAT, END_OF_SESSION = 0, 0xFFFF
 BLOCK_BYTES = 2                     # the u16 length in front of each message
 
@@ -89,6 +91,19 @@ for _type, _layout in MESSAGES.items():
     SIZE_BY_TYPE[_type] = _layout.size
 
 
+def _place(layout: Layout, name: str) -> tuple[int, int]:
+    """(offset, width) of a field."""
+    return layout.offset(name), layout.dtype.fields[name][0].itemsize
+
+
+def _book_message(layout: Layout, *fields: str) -> tuple[int, ...]:
+    """A message as the engine's L3 book reads it: its type byte, its size, and (offset, width) of its
+    stock locate, its timestamp and `fields`."""
+    type_byte = next(t for t, declared in MESSAGES.items() if declared is layout)
+    places = (_place(layout, name) for name in ("stock_locate", "timestamp", *fields))
+    return (type_byte, layout.size, *(value for place in places for value in place))
+
+
 class Packets(NamedTuple):
     """The message blocks of a batch of MoldUDP64 packets, one row each."""
     datagram: np.ndarray      # which packet
@@ -132,6 +147,21 @@ class Itch50MarketData(MdProtocol):
     framing = ("a 20-byte MoldUDP64 header (session, first seq, count), then count blocks of a u16 length "
                "and one ITCH message; message i has seq first + i")
     layouts = (MOLD_HEADER, *MESSAGES.values())
+    # the engine's L3 book (engine/_book.c set_itch_layout): the MoldUDP64 header, the codes, then the
+    # messages in the order the decoder takes them
+    book_orders = True
+    book_layout = (
+        MOLD_HEADER.size, *_place(MOLD_HEADER, "sequence"), *_place(MOLD_HEADER, "count"), BLOCK_BYTES, PRICE_SCALE,
+        HEARTBEAT, END_OF_SESSION, ord(BUY), ord(SELL), ord(PRINTABLE),
+        *_book_message(ADD_ORDER, "order_ref", "side", "shares", "price"),
+        *_book_message(ADD_ORDER_MPID, "order_ref", "side", "shares", "price"),
+        *_book_message(ORDER_EXECUTED, "order_ref", "executed_shares"),
+        *_book_message(ORDER_EXECUTED_PRICE, "order_ref", "executed_shares", "printable", "execution_price"),
+        *_book_message(ORDER_CANCEL, "order_ref", "cancelled_shares"),
+        *_book_message(ORDER_DELETE, "order_ref"),
+        *_book_message(ORDER_REPLACE, "original_ref", "new_ref", "shares", "price"),
+        *_book_message(TRADE, "shares", "price"),
+        *_book_message(SYSTEM_EVENT), *_book_message(STOCK_DIRECTORY))
 
     def messages(self, data, offsets, lengths) -> MdMessages:
         found = frame_packets(data, offsets, lengths)
@@ -189,7 +219,7 @@ class Itch50MarketData(MdProtocol):
             m = add["message"]
             add["length"], m["message_type"], m["stock_locate"] = ADD_ORDER.size, b"A", locate[mine]
             m["timestamp"] = stamp_bytes[mine].copy().view("V6").ravel()
-            m["order_ref"], m["side"], m["shares"], m["stock"] = seq[mine] + level, b"B" if on_bid else b"S", \
+            m["order_ref"], m["side"], m["shares"], m["stock"] = seq[mine] + level, BUY if on_bid else SELL, \
                 qty[mine, min(level, 4)], symbol[mine]
             price = bid[mine] - depth * tick if on_bid else ask[mine] + depth * tick
             m["price"] = price // PRICE_SCALE

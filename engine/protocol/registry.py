@@ -39,7 +39,10 @@ class MdProtocol:
     Declared as data: `name`, `title`, `framing` (how messages are found in a datagram),
     `layouts` (the message tables), and `kernel_probe`: for a protocol of one message per
     datagram, the offsets that let the capture kernel (lab/analysis/_kernels.c) read the seq as
-    it decodes the packet headers, or None. The methods are what lab measure, lab synth, the
+    it decodes the packet headers, or None. For the engine: `book_layout`, the offsets its C book
+    decoder reads (engine/_book.c), or None if the engine cannot read the feed, and `book_orders`:
+    the feed carries orders by reference (an L3 book, engine.book.decode_itch) rather than
+    price levels (engine.book.decode_datagram). The methods are what lab measure, lab synth, the
     venue's feed and lab run call.
     """
     name: str = ""
@@ -48,6 +51,8 @@ class MdProtocol:
     framing = ""
     layouts: tuple = ()
     kernel_probe: tuple | None = None
+    book_layout: tuple | None = None
+    book_orders = False
 
     def messages(self, data, offsets, lengths) -> MdMessages:
         """Every message of the datagrams whose payloads are data[offsets:offsets + lengths],
