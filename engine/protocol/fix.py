@@ -19,7 +19,7 @@ from engine.messages import IOC
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import as_bytes_array, gather
 from engine.protocol.registry import OrderProtocol, VenueReplies, VenueRequest
-from engine.protocol.stream import StreamFrames, follow_chain, successors
+from engine.protocol.stream import StreamFrames, stream_chain
 
 SOH = b"\x01"
 BEGIN_STRING = b"FIX.4.2"
@@ -510,12 +510,7 @@ def frame_fix_stream(stream, start: int = 0) -> StreamFrames:
     closed = (trailer[:, :3] == np.frombuffer(b"10=", np.uint8)).all(axis=1) & (trailer[:, 6] == SOH[0])
     keep = closed | ~inside                          # a message running past the end may be whole later
     starts, ends, type_at = head[keep], ends[keep], (digits_at + n_digits + 1 + 3)[keep]
-    chain = (follow_chain(successors(starts, ends), 0) if starts.size and starts[0] == start
-             else np.zeros(0, np.int64))
-    incomplete = bool(chain.size) and ends[chain[-1]] > size
-    if incomplete:
-        chain = chain[:-1]
-    consumed = int(ends[chain[-1]]) if chain.size else start
+    chain, incomplete, consumed = stream_chain(starts, ends, start, size)
     error = None
     if not incomplete and consumed < size and not _may_start_message(bytes(data[consumed:])):
         error = "bytes here do not start a FIX 4.x message with a valid BodyLength and CheckSum field"

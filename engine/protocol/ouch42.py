@@ -28,7 +28,7 @@ from engine.messages import BUY, DAY, IOC, SELL
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import Field, Layout, as_bytes_array, gather
 from engine.protocol.registry import OrderProtocol, VenueReplies, VenueRequest
-from engine.protocol.stream import StreamFrames, follow_chain, successors
+from engine.protocol.stream import StreamFrames, stream_chain
 
 PRICE_SCALE = 10**4                  # Price(4) -> the lab's ticks of 1e-8
 TOKEN_DIGITS = 14
@@ -143,12 +143,7 @@ def frame_soup_stream(stream, packet_types: bytes, start: int = 0) -> StreamFram
     length = data[head].astype(np.int64) << 8 | data[head + 1]
     head, length = head[(length >= 1) & (length <= MAX_PACKET)], length[(length >= 1) & (length <= MAX_PACKET)]
     ends = head + 2 + length
-    chain = (follow_chain(successors(head, ends), 0) if head.size and head[0] == start
-             else np.zeros(0, np.int64))
-    incomplete = bool(chain.size) and ends[chain[-1]] > size
-    if incomplete:
-        chain = chain[:-1]
-    consumed = int(ends[chain[-1]]) if chain.size else start
+    chain, incomplete, consumed = stream_chain(head, ends, start, size)
     error = None
     if not incomplete and size - consumed >= SOUP_HEADER:
         bad_length = data[consumed].astype(np.int64) << 8 | data[consumed + 1]

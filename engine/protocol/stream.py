@@ -84,3 +84,15 @@ def _chain_by_doubling(successor: np.ndarray, head: int) -> np.ndarray:
         on_chain[reached] = True
         jump = jump[jump]
     return np.flatnonzero(on_chain[:count])
+
+
+def stream_chain(starts: np.ndarray, ends: np.ndarray, start: int, size: int) -> tuple[np.ndarray, bool, int]:
+    """The messages of a stream of `size` bytes from `start`, given every candidate's [start, end):
+    (indices of the chain of whole messages, whether a last message runs past the end, the
+    stream offset where the whole messages end)."""
+    chain = (follow_chain(successors(starts, ends), 0) if starts.size and starts[0] == start
+             else np.zeros(0, np.int64))
+    incomplete = bool(chain.size) and ends[chain[-1]] > size
+    if incomplete:
+        chain = chain[:-1]
+    return chain, incomplete, int(ends[chain[-1]]) if chain.size else start
