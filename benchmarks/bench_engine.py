@@ -1,6 +1,6 @@
 """The engine on loopback against a naive single-function Python baseline, in one run.
 
-    python benchmarks/bench_engine.py --json [--messages N] [--rate MSGS_PER_S] [--rounds N]
+    python benchmarks/bench_engine.py --json [--messages N] [--rate MSGS_PER_S] [--rounds N] [--itch]
 
 A UDP feeder process sends lopsided top-of-book datagrams (every one triggers an
 IOC order from the imbalance taker); a venue process acks and fills every order.
@@ -12,6 +12,8 @@ RX of the datagram -> kernel TX of the order) and internal (app_in -> app_out).
 - baseline: one Python function: recv, decode the seq, encode an order, send.
 - md_msgs_per_s: balanced datagrams (no orders), sent as fast as one feeder can, with the
   logger process recording every queue (logger_missed: messages it was sped past on).
+- engine_itch (--itch): the same market as ITCH 5.0 in MoldUDP64 (a trade at the lopsided top per
+  packet), through the engine's L3 book (issue 15: ITCH against the WM path in the same run).
 
 This VM is shared, and a single run's p99 can jump (one run in 13 doubled it), so
 `--rounds N` repeats the whole benchmark and reports each figure's median across the
@@ -57,6 +59,22 @@ def datagram(seq, bid_qty, ask_qty):
     bid = 100 * 10**8
     return md.MdDatagram(1, seq, 7, 0, (md.L2Update(md.BID, md.SET, bid, bid_qty),
                                         md.L2Update(md.ASK, md.SET, bid + TICK, ask_qty))).encode()
+
+
+def itch_packets(count: int, bid_qty: int, ask_qty: int) -> list[bytes]:
+    """The same market as `datagram` in ITCH 5.0 over MoldUDP64: the first packet adds the bid and
+    the ask (locate 7), then each packet is one Trade (P) at the bid, which gives the engine an
+    update of that unchanged, lopsided top, as each WM datagram does."""
+    from engine.protocol import itch50
+    bid = 100 * 10**8 // itch50.PRICE_SCALE
+    add = [itch50.ADD_ORDER.struct.pack(b"A", 7, 0, bytes(6), ref, side, qty, b"I0000007", price)
+           for ref, side, qty, price in ((1, b"B", bid_qty, bid), (2, b"S", ask_qty, bid + TICK // itch50.PRICE_SCALE))]
+    packets, seq = [itch50.encode_packet(b"BENCH00001", 1, add)], 3
+    for _ in range(count):
+        trade = itch50.TRADE.struct.pack(b"P", 7, 0, bytes(6), 9, b"B", 1, b"I0000007", bid, seq)
+        packets.append(itch50.encode_packet(b"BENCH00001", seq, [trade]))
+        seq += 1
+    return packets
 
 
 def venue(port_box, ready):
@@ -105,7 +123,7 @@ def feeder(port, grams, gap_s, start_delay):
 
 
 def run_engine(venue_port, grams, gap_s, timing: bool, workdir: str, tag: str, warm_every: int = 1, spin_us: int = 20,
-               logger: bool = False):
+               logger: bool = False, md: str = "wm"):
     feed = free_port(socket.SOCK_DGRAM)
     tel = os.path.join(workdir, f"{tag}.tel")
     config = os.path.join(workdir, f"{tag}.toml")
@@ -124,6 +142,7 @@ spin_us = {spin_us}
 {logger_line}
 [[venues]]
 id = 1
+md = "{md}"
 feed = "127.0.0.1:{feed}"
 gateway = "127.0.0.1:{venue_port}"
 [[instruments]]
@@ -235,6 +254,10 @@ def one_round(venue_port, args) -> dict:
         _summary, tel_nt = run_engine(venue_port, lopsided, gap, False, workdir, "no-timing")
         results["engine_no_timing"] = latency_report(tel_nt)
         results["baseline"] = run_baseline(venue_port, lopsided, gap)
+        if args.itch:
+            _summary, tel_itch = run_engine(venue_port, itch_packets(args.messages, 900, 100), gap, True, workdir,
+                                            "itch", md="itch50")
+            results["engine_itch"] = latency_report(tel_itch)
         t_summary, _ = run_engine(venue_port, balanced, 0.0, True, workdir, "throughput", logger=True)
     span = t_summary.get("md_span_ns") or 0
     results["engine"]["md_msgs_per_s"] = round(t_summary["md_handled"] / (span / 1e9)) if span else None
@@ -274,6 +297,8 @@ def main(argv=None) -> int:
     ap.add_argument("--throughput-messages", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the whole benchmark; every figure is then the median across rounds")
+    ap.add_argument("--itch", action="store_true",
+                    help="also run the engine on the same market as ITCH 5.0 in MoldUDP64 (its L3 book), side by side")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     for flag in ("messages", "rate", "throughput_messages", "rounds"):
@@ -297,7 +322,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for key in ("engine", "engine_no_timing", "baseline"):
+        for key in ("engine", "engine_no_timing", "baseline", *(("engine_itch",) if args.itch else ())):
             r = results[key]
             print(f"{key:17s} wire-to-wire p50 {r['wire_to_wire_ns']['p50'] / 1e3:7.1f} us  "
                   f"p99 {r['wire_to_wire_ns']['p99'] / 1e3:7.1f} us  internal p50 {r['internal_ns']['p50'] / 1e3:6.1f} us")
