@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.gateway import STRATEGIES as REAL_STRATEGIES      # what the real engine's gateway sends
-from engine.protocol.registry import DEFAULT_ORDERS
+from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS
 from lab.compare import CompareOptions, compare, plot as plot_comparison
 from lab.errors import LabError
 from lab.report import write_report
@@ -25,9 +25,10 @@ from simulator.strategies import simulate
 
 SPACETIME_STRATEGIES = ["none", "tcp-prefix", "tcp-prefix+early-read"]
 COMPARED = ("krx-2008", "modern-10g")
-# (label, strategy, order protocol): the lab's binary orders with each strategy, and a real venue's
-# protocol (OUCH 4.2 in SoupBinTCP, 18 bytes primed) with tcp-prefix
-REAL_RUNS = [*((s, s, DEFAULT_ORDERS) for s in REAL_STRATEGIES), ("tcp-prefix, OUCH 4.2", "tcp-prefix", "ouch42")]
+# (label, strategy, market-data protocol, order protocol): the lab's own with each strategy, and a real
+# venue's pair with tcp-prefix: ITCH 5.0 in MoldUDP64 into the engine's L3 book, OUCH 4.2 (18 bytes primed)
+REAL_RUNS = [*((s, s, DEFAULT_MD, DEFAULT_ORDERS) for s in REAL_STRATEGIES),
+             ("tcp-prefix, ITCH 5.0 + OUCH 4.2", "tcp-prefix", "itch50", "ouch42")]
 
 
 @dataclass
@@ -76,12 +77,12 @@ def _real_runs(result: DemoResult, messages: int, say) -> None:
     from lab.report import plot_real
     from lab.run import RunOptions, measure_run, run
 
-    for label, strategy, orders in REAL_RUNS:
+    for label, strategy, md, orders in REAL_RUNS:
         say(f"running the real engine through the KRX wire: {label} ({messages} MD messages)")
-        name = label.replace(" ", "-").replace(",", "")
+        name = label.replace(" + ", "-").replace(" ", "-").replace(",", "")
         pcap = os.path.join(result.out, f"run-{name}.pcapng")
         run_result = run(RunOptions(scenario="krx-2008", strategy=strategy, messages=messages,
-                                    models=("imbalance-taker",), out=pcap, orders=orders))
+                                    models=("imbalance-taker",), out=pcap, md=md, orders=orders))
         result.capture = run_result.capture["kind"]
         measured = measure_run(pcap, pcap.removesuffix(".pcapng") + ".tel")
         result.real[label] = measured.figures

@@ -236,6 +236,72 @@ class Itch50MarketData(MdProtocol):
              executed.view(np.uint8).reshape(traded.size, -1))
         return out, where
 
+    def from_l2(self, datagrams: list) -> tuple[list[bytes], list[int], list[int]]:
+        """Each datagram's changes as order events: one resting order per price level. A trade first
+        executes the order it took (E; P when no order there can take it), then each level's new
+        quantity is an Add (A), a Cancel of shares (X), a Replace to more shares (U) or a Delete (D)."""
+        from engine.protocol.md import ASK, BID, SET
+        levels: dict[tuple, tuple[int, int]] = {}              # (venue, locate, side, price) -> (ref, shares)
+        next_ref: dict[int, int] = {}
+        next_seq: dict[int, int] = {}
+        packets, seqs, told = [], [], []
+        for index, d in enumerate(datagrams):
+            if not 0 < d.instrument <= 0xFFFF:
+                raise ProtocolError(f"instrument {d.instrument} is not an ITCH Stock Locate (1-65535)")
+            messages = []
+
+            def ref() -> int:
+                next_ref[d.venue] = next_ref.get(d.venue, 0) + 1
+                return next_ref[d.venue]
+
+            def message(layout: Layout, *fields) -> None:
+                messages.append(layout.struct.pack(*fields))
+
+            for trade in d.trades:
+                side = {BID: b"S", ASK: b"B"}.get(trade.aggressor)          # the side of the order it took
+                key = (d.venue, d.instrument, side, trade.price)
+                order = levels.get(key)
+                if order and order[1] >= trade.qty:
+                    message(ORDER_EXECUTED, b"E", d.instrument, 0, bytes(6), order[0], trade.qty, ref())
+                    levels[key] = (order[0], order[1] - trade.qty)
+                    if levels[key][1] == 0:                              # executed in full: gone
+                        del levels[key]
+                else:
+                    message(TRADE, b"P", d.instrument, 0, bytes(6), 0, side or b"B", trade.qty,
+                            b"I%07d" % d.instrument, trade.price // PRICE_SCALE, ref())
+            for update in d.updates:
+                side = b"B" if update.side == BID else b"S"
+                key = (d.venue, d.instrument, side, update.price)
+                qty = update.qty if update.action == SET else 0
+                order = levels.get(key)
+                shares = order[1] if order else 0
+                if qty == shares:
+                    pass
+                elif qty == 0:
+                    message(ORDER_DELETE, b"D", d.instrument, 0, bytes(6), order[0])
+                elif order is None:
+                    new_ref = ref()
+                    message(ADD_ORDER, b"A", d.instrument, 0, bytes(6), new_ref, side, qty, b"I%07d" % d.instrument,
+                            update.price // PRICE_SCALE)
+                    levels[key] = (new_ref, qty)
+                elif qty < shares:
+                    message(ORDER_CANCEL, b"X", d.instrument, 0, bytes(6), order[0], shares - qty)
+                    levels[key] = (order[0], qty)
+                else:
+                    new_ref = ref()
+                    message(ORDER_REPLACE, b"U", d.instrument, 0, bytes(6), order[0], new_ref, qty,
+                            update.price // PRICE_SCALE)
+                    levels[key] = (new_ref, qty)
+                if qty == 0:
+                    levels.pop(key, None)
+            if messages:
+                first = next_seq.get(d.venue, 1)
+                packets.append(encode_packet(self.SESSION, first, messages))
+                seqs.append(first)
+                told.append(index)
+                next_seq[d.venue] = first + len(messages)
+        return packets, seqs, told
+
     def stamp(self, payload, seq=None, send_ts_ns=None) -> None:
         if seq is not None:
             MOLD_HEADER.put(payload, "sequence", seq)

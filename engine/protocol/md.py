@@ -240,6 +240,9 @@ class WmMarketData(MdProtocol):
             out[(where[mine][:, None] + np.arange(records.shape[1])).ravel()] = records.ravel()
         return out, where
 
+    def from_l2(self, datagrams: list) -> tuple[list[bytes], list[int], list[int]]:
+        return [d.encode() for d in datagrams], [d.seq for d in datagrams], list(range(len(datagrams)))
+
     def stamp(self, payload, seq=None, send_ts_ns=None) -> None:
         if seq is not None:
             HEADER.put(payload, "seq", seq)

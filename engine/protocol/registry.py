@@ -75,6 +75,12 @@ class MdProtocol:
         back: (uint8 array, int64 start of each)."""
         raise NotImplementedError
 
+    def from_l2(self, datagrams: list) -> tuple[list[bytes], list[int], list[int]]:
+        """The venue's L2 market (WM datagrams, decoded: engine.protocol.md.MdDatagram, in order) as this
+        protocol publishes it: (packets, the seq of each packet's first message, the index of the
+        datagram each packet tells). A datagram that changes nothing a protocol tells has no packet."""
+        raise NotImplementedError
+
     def stamp(self, payload: bytearray, seq: int | None = None, send_ts_ns: int | None = None) -> None:
         """Write the datagram's seq (its first message's) and the sender's clock into `payload`."""
         raise NotImplementedError

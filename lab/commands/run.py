@@ -5,7 +5,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from engine.protocol.registry import DEFAULT_ORDERS, order_protocol_names
+from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS, md_protocol_names, order_protocol_names
 from lab.run import CAPTURES, MODELS, REAL_STRATEGIES, RunOptions, run as run_experiment
 from lab.arguments import bounded, comma_list, positive_int
 from lab.progress import ProgressBar
@@ -38,6 +38,8 @@ def register(sub):
                         "re-prices by cancel, then a new order once the cancel is confirmed: that order waits a "
                         "venue round trip")
     p.add_argument("--orders", choices=order_protocol_names(), default=DEFAULT_ORDERS, help="order entry protocol")
+    p.add_argument("--md", choices=md_protocol_names(), default=DEFAULT_MD,
+                   help="market-data protocol the venue publishes (itch50: its book as ITCH 5.0 order events)")
     p.add_argument("--queue-model", choices=("risk-averse", "power-law"), default="risk-averse",
                    help="the venues' queue-position model for resting orders")
     p.add_argument("--feed", default="synthetic", metavar="synthetic|log:PATH|pcap:PATH",
@@ -55,7 +57,7 @@ def register(sub):
 def run(args) -> int:
     options = RunOptions(scenario=args.scenario, strategy=args.strategy, messages=args.messages, rate=args.rate,
                          venues=args.venues, out=args.out, telemetry=args.telemetry, seed=args.seed,
-                         orders=args.orders, queue_model=args.queue_model, models=args.models, feed=args.feed, port=args.port, capture=args.capture)
+                         orders=args.orders, md=args.md, queue_model=args.queue_model, models=args.models, feed=args.feed, port=args.port, capture=args.capture)
     with ProgressBar(args.messages, "msg", "lab run") as update:
         options.progress = (lambda done, _total: update(done)) if update else None
         result = run_experiment(options)

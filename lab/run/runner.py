@@ -42,7 +42,7 @@ from engine.clock import paired_sample
 from engine.gateway import STRATEGIES as REAL_STRATEGIES      # what the real engine's gateway sends
 from engine.lifeline import child_environment, die_with_parent, is_alive
 from engine.net import recv_stamped, udp_receiver
-from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS, md_protocol, order_protocol
+from engine.protocol.registry import DEFAULT_MD, DEFAULT_ORDERS, md_protocol, md_protocol_names, order_protocol
 from engine.queues import sweep_stale_segments
 from engine.telemetry import read_telemetry
 from lab.capture import open_capture
@@ -92,6 +92,7 @@ class RunOptions:
     log: str | None = None             # default: next to out, .log.zst
     seed: int = 1
     orders: str = DEFAULT_ORDERS       # the order protocol's name
+    md: str = DEFAULT_MD               # the market-data protocol the feed publishes
     queue_model: str = "risk-averse"
     models: tuple[str, ...] = tuple(MODELS)   # per venue, on its one instrument
     feed: str = "synthetic"            # synthetic | log:PATH | pcap:PATH
@@ -124,6 +125,8 @@ def _sibling(out: str, suffix: str) -> str:
 
 
 def _check(options: RunOptions):
+    if options.md not in md_protocol_names():
+        raise RunError(f"market-data protocol {options.md!r}: use one of {', '.join(md_protocol_names())}")
     if options.strategy not in REAL_STRATEGIES:
         raise RunError(f"strategy {options.strategy!r} does not run on the real engine "
                        f"(real strategies: {', '.join(REAL_STRATEGIES)}; `lab simulate` runs the others)")
@@ -183,7 +186,7 @@ def engine_config(name: str, options: RunOptions, feeds: list[int], gateways: li
              f'logger = "{log}"', ""]
     for i, (port, (host, gateway)) in enumerate(zip(feeds, gateways), start=1):
         lines += ["[[venues]]", f"id = {i}", f'feed = "127.0.0.1:{port}"', f'gateway = "{host}:{gateway}"',
-                  f'orders = "{options.orders}"', "",
+                  f'orders = "{options.orders}"', f'md = "{options.md}"', "",
                   "[[instruments]]", f"venue = {i}", f"id = {INSTRUMENT}", f"tick = {TICK}", ""]
         for model in options.models:
             lines += ["[[models]]", f'type = "{model}"', f"venue = {i}", f"instrument = {INSTRUMENT}",
@@ -268,14 +271,14 @@ def _clock_samples() -> list[list[int]]:
     return rows
 
 
-def _unique_seqs(feed):
+def _unique_seqs(feed, md_format):
     """Venue v's datagrams renumbered v * SEQ_STRIDE + 1, + 2, ...: one seq space across venues.
     Returns (payloads, their seqs as uint64)."""
     seqs = feed.venue.astype(np.uint64) * np.uint64(SEQ_STRIDE) + feed.seq.astype(np.uint64)
     payloads = []
     for payload, seq in zip(feed.payloads, seqs.tolist()):
         patched = bytearray(payload)
-        md_protocol(DEFAULT_MD).stamp(patched, seq=seq)
+        md_format.stamp(patched, seq=seq)
         payloads.append(bytes(patched))
     return payloads, seqs
 
@@ -329,7 +332,13 @@ def run(options: RunOptions) -> RunResult:
 
     feed = feed_source(options.feed, options.messages, options.seed, tuple(range(1, options.venues + 1)),
                        scenario.market_data.payload_bytes)
-    payloads, seqs = _unique_seqs(feed)
+    md_format = md_protocol(options.md)
+    datagrams = [md_protocol(DEFAULT_MD).decode(p) for p in feed.payloads]     # the venue's own L2 market
+    packets, first_seqs, told = md_format.from_l2(datagrams)                 # as the feed publishes it
+    datagrams = [datagrams[i] for i in told]
+    feed = replace(feed, payloads=packets, seq=np.array(first_seqs, np.uint64), venue=feed.venue[told],
+                   instrument=feed.instrument[told])
+    payloads, seqs = _unique_seqs(feed, md_format)
     l3 = np.array([len(p) for p in payloads], np.int64) + scenario.market_data.transport.header
     deliver_ps, transit_ps, rate = md_schedule(scenario, l3, options.rate)
 
@@ -371,8 +380,7 @@ def run(options: RunOptions) -> RunResult:
 
         t0 = time.time_ns() + START_LEAD_NS
         deliver_at = t0 + deliver_ps // PS_PER_NS
-        publisher = FeedPublisher({i + 1: ("127.0.0.1", port) for i, port in enumerate(feed_ports)})
-        decoded = [md_protocol(DEFAULT_MD).decode(p) for p in payloads]
+        publisher = FeedPublisher({i + 1: ("127.0.0.1", port) for i, port in enumerate(feed_ports)}, options.md)
         matching = {g.venue: g.matching for g in gateways}
 
         def idle(budget_s: float) -> None:
@@ -383,7 +391,7 @@ def run(options: RunOptions) -> RunResult:
             engine.check_alive()
 
         def sent(i: int) -> None:
-            matching[int(feed.venue[i])].on_feed(decoded[i])
+            matching[int(feed.venue[i])].on_feed(datagrams[i])
 
         delivery = publisher.publish(replace(feed, payloads=payloads, seq=seqs), deliver_at, idle=idle, sent=sent,
                                      progress=options.progress)
@@ -405,10 +413,10 @@ def run(options: RunOptions) -> RunResult:
 
         def write(batch, linktypes, capture_kind: str) -> tuple[int, dict]:
             taps = build_taps(batch, linktypes, scenario, feed_ports, gateway_ports, np.sort(seqs),
-                              transit_ps[np.argsort(seqs)], kernel_tx)
+                              transit_ps[np.argsort(seqs)], kernel_tx, md_format)
             info = {
                 "scenario": scenario.name, "scenario_toml": toml_text, "strategy": options.strategy,
-                "venues": K, "orders": options.orders, "messages": len(payloads), "rate": rate,
+                "venues": K, "orders": options.orders, "md": options.md, "messages": len(payloads), "rate": rate,
                 "capture": capture_kind, "feed_ports": feed_ports, "gateway_ports": gateway_ports,
                 "order_l3_header_bytes": taps.order_l3_header_bytes,
                 "clock_samples": {"start": clock_start, "end": clock_end},
@@ -425,7 +433,7 @@ def run(options: RunOptions) -> RunResult:
                 frames, kinds = write(batches[0], [i.linktype for i in raw.interfaces], "packet")
         else:
             rebuilt = _rebuild_from_sockets(payloads, feed, delivery, publisher, feed_ports, gateways, sent_orders,
-                                            options)
+                                            options, md_format)
             capture_stats = {"kind": "sockets", "packets": len(rebuilt), "drops": 0}
             frames, kinds = write(rebuilt, [1], "sockets")
         return RunResult(
@@ -468,12 +476,12 @@ def sweep_stale_runs() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _rebuild_from_sockets(payloads, feed, delivery, publisher, feed_ports, gateways, sent_orders, options):
+def _rebuild_from_sockets(payloads, feed, delivery, publisher, feed_ports, gateways, sent_orders, options, md_format):
     """The frames the sockets' own stamps can tell (lab.run.sockets)."""
     sent = []
     for payload, app_ns in zip(payloads, delivery.app_ns.tolist()):     # the bytes as sent: send_ts set
         patched = bytearray(payload)
-        md_protocol(DEFAULT_MD).stamp(patched, send_ts_ns=app_ns)
+        md_format.stamp(patched, send_ts_ns=app_ns)
         sent.append(bytes(patched))
     venues = [(g.venue, g.address[1], g.reads, g.records(), g.accepted_ns) for g in gateways]
     return rebuild(sent, feed.venue, delivery.kernel_tx_ns,

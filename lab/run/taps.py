@@ -95,7 +95,7 @@ class TapCapture:
 
 
 def build_taps(raw: PacketBatch, linktypes: list[int], scenario: Scenario, feed_ports, gateway_ports,
-               md_seq: np.ndarray, md_transit_ps: np.ndarray, kernel_tx_ns: np.ndarray) -> TapCapture:
+               md_seq: np.ndarray, md_transit_ps: np.ndarray, kernel_tx_ns: np.ndarray, md_format=None) -> TapCapture:
     """raw: the loopback capture, both copies of each packet (outgoing and incoming);
     md_seq/md_transit_ps: every datagram the feed published, sorted by seq, and its simulated
     transit (first bit at the exchange to last bit at the host NIC); kernel_tx_ns: the engine's
@@ -105,6 +105,8 @@ def build_taps(raw: PacketBatch, linktypes: list[int], scenario: Scenario, feed_
     got. Engine and venue TCP frames are taken from the outgoing copy (sent by that side)."""
     link = HostLink(scenario)
     table, seq = decode(raw, linktypes, md_seq=True)
+    if md_format is not None and md_format.kernel_probe is None:    # many messages a packet: the first's seq
+        seq = _first_seqs(raw, table, md_format)
     ok = table.status == OK
     incoming = raw.direction == INBOUND
     feed = ok & (table.proto == PROTO_UDP) & np.isin(table.dst_port, list(feed_ports)) & incoming
@@ -146,6 +148,16 @@ def build_taps(raw: PacketBatch, linktypes: list[int], scenario: Scenario, feed_
         frames=frames, host_ns=host_ns, host_direction=np.where(out, OUTBOUND, INBOUND).astype(np.int8),
         exchange=np.concatenate([np.flatnonzero(is_md), np.flatnonzero(out)]),
         exchange_ns=np.concatenate([md_exchange_ns, arbiter_ns]))
+
+
+def _first_seqs(raw: PacketBatch, table, md_format) -> np.ndarray:
+    """Per packet, the seq of the first message of `md_format` in its UDP payload; -1 where none."""
+    seq = np.full(len(table), -1, np.int64)
+    rows = np.flatnonzero((table.status == OK) & (table.proto == PROTO_UDP))
+    found = md_format.messages(raw.data, table.payload_offset[rows], table.payload_caplen[rows])
+    datagrams, first = np.unique(found.datagram, return_index=True)
+    seq[rows[datagrams]] = found.seq[first]
+    return seq
 
 
 def _restamp_sends(stamp: np.ndarray, sends: np.ndarray, kernel_tx_ns: np.ndarray) -> int:

@@ -54,10 +54,10 @@ def test_the_demo_leaves_plots_captures_and_a_report(demo):
     text = " ".join(page.text)
     assert "-565 us" in text and "negative latency" in text
     assert {p.name for p in folder.glob("run-*.pcapng")} == {"run-none.pcapng", "run-tcp-prefix.pcapng",
-                                                            "run-tcp-prefix-OUCH-4.2.pcapng"}
+                                                            "run-tcp-prefix-ITCH-5.0-OUCH-4.2.pcapng"}
     assert (folder / "run-tcp-prefix.tel").is_file()
     assert re.search(r"krx-2008 real engine: tcp-prefix p50\s+-\d", done.stdout)
-    assert re.search(r"krx-2008 real engine: tcp-prefix, OUCH 4.2 p50\s+-\d", done.stdout)   # 18 bytes primed
+    assert re.search(r"krx-2008 real engine: tcp-prefix, ITCH 5.0 \+ OUCH 4.2 p50\s+-\d", done.stdout)
 
 
 def test_the_summary_names_the_seeds_figure(demo):

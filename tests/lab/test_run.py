@@ -263,3 +263,22 @@ def test_ouch_orders_are_linked_by_their_tokens_and_the_18_byte_prefix_is_negati
     # 18 bytes (Soup header, type, token) not sent at the decision: 144 bits at 256 kb/s = 562.5 us
     assert measured["implied_tick_to_trade_ns"]["max"] < 0
     assert measured["implied_tick_to_trade_ns"]["min"] >= -562_500 - 3 * 144 * 10
+
+
+@needs_root
+def test_a_venue_publishing_itch_feeds_the_engines_l3_book_and_every_order_matches(tmp_path):
+    """The venue tells its book as ITCH 5.0 order events in MoldUDP64; the engine's L3 book reads
+    them (nothing dropped), its OUCH orders carry the message seq's link in telemetry."""
+    pcap = tmp_path / "itch.pcapng"
+    started = lab("run", "--scenario", "krx-2008", "--strategy", "tcp-prefix", "--models", "imbalance-taker",
+                  "--rate", "10", "--md", "itch50", "--orders", "ouch42", "--messages", str(MESSAGES),
+                  "--out", str(pcap), "--json")
+    assert started.returncode == 0, started.stderr
+    run = json.loads(started.stdout)
+    assert run["engine"]["md_dropped"] == {} and run["engine"]["md_handled"] == run["messages"]
+    measured = json.loads(lab("measure", "--pcap", str(pcap), "--telemetry", run["telemetry"], "--json").stdout)
+    assert measured["protocols"] == {"md": "itch50", "orders": ["ouch42"]}
+    assert measured["md_messages"] > run["messages"]                     # several messages a packet
+    assert measured["orders"] > 0 and measured["matched"] == measured["orders"] == run["engine"]["orders"]
+    assert measured["correlation"]["causality_violations"] == 0
+    assert measured["implied_tick_to_trade_ns"]["p50"] < 0
