@@ -226,12 +226,16 @@ def _orders() -> dict[str, OrderProtocol]:
     return _ORDERS
 
 
-def md_protocol(name: str) -> MdProtocol:
+def _lookup(table: dict, name: str, what: str):
     _load()
     try:
-        return _MD[name]
+        return table[name]
     except KeyError:
-        raise ProtocolError(f"unknown market-data protocol {name!r}: use one of {', '.join(_MD)}") from None
+        raise ProtocolError(f"unknown {what} protocol {name!r}: use one of {', '.join(table)}") from None
+
+
+def md_protocol(name: str) -> MdProtocol:
+    return _lookup(_MD, name, "market-data")
 
 
 def md_protocols() -> list[MdProtocol]:
@@ -251,11 +255,7 @@ def protocols() -> list:
 
 
 def order_protocol(name: str) -> OrderProtocol:
-    _orders()
-    try:
-        return _ORDERS[name]
-    except KeyError:
-        raise ProtocolError(f"unknown order protocol {name!r}: use one of {', '.join(_ORDERS)}") from None
+    return _lookup(_ORDERS, name, "order")
 
 
 def order_protocol_names() -> tuple[str, ...]:
