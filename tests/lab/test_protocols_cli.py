@@ -36,3 +36,24 @@ def test_a_bad_flag_is_one_line_and_status_2(capsys):
         main(["protocols", "--tables"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["synth", "--out", "x.pcap", "--triggers", "1", "--md", "nope"],
+    ["synth", "--out", "x.pcap", "--triggers", "1", "--orders", "ouch"],
+    ["measure", "--pcap", "x.pcap", "--md", "binary"],
+    ["measure", "--pcap", "x.pcap", "--orders", "wm"],
+    ["measure", "--pcap", "x.pcap", "--match", "automatic"],
+    ["run", "--strategy", "none", "--md", "itch"],
+])
+def test_a_protocol_flag_that_names_no_such_protocol_is_one_line_and_status_2(capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_synth_telemetry_must_not_overwrite_the_capture(tmp_path, capsys):
+    out = tmp_path / "x.pcap"
+    code = main(["synth", "--out", str(out), "--triggers", "1", "--telemetry", str(out)])
+    assert code == 2 and "different files" in capsys.readouterr().err and not out.exists()
