@@ -104,6 +104,12 @@ def _book_message(layout: Layout, *fields: str) -> tuple[int, ...]:
     return (type_byte, layout.size, *(value for place in places for value in place))
 
 
+# the header as engine._native.walk_mold reads it: size, session (the bytes before the sequence),
+# the sequence's and the count's offsets, and the two counts that carry no messages
+WALK_HEADER = (MOLD_HEADER.size, MOLD_HEADER.offset("sequence"), MOLD_HEADER.offset("sequence"),
+               MOLD_HEADER.offset("count"), HEARTBEAT, END_OF_SESSION)
+
+
 class Packets(NamedTuple):
     """The message blocks of a batch of MoldUDP64 packets, one row each."""
     datagram: np.ndarray      # which packet
@@ -114,31 +120,20 @@ class Packets(NamedTuple):
 
 
 def frame_packets(data, offsets, lengths) -> Packets:
-    """Every message of every packet: the headers vectorised, the blocks walked in C
-    (engine._native.walk_blocks). Packets that are not MoldUDP64 (shorter than the header, or a
-    session that is not printable ASCII) have no messages and count nothing."""
+    """Every message of every packet, walked in C (engine._native.walk_mold). Packets that are not
+    MoldUDP64 (shorter than the header, or a session that is not printable ASCII) have no
+    messages and count nothing."""
     data = np.ascontiguousarray(as_bytes_array(data))
-    offsets, lengths = np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+    offsets, lengths = np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(lengths, np.int64)
     rows = np.flatnonzero(lengths >= MOLD_HEADER.size)
-    width = MOLD_HEADER.offset("sequence")
-    session = gather(data, offsets[rows], np.dtype((np.void, width))).view(np.uint8).reshape(-1, width)
-    rows = rows[((session >= 0x20) & (session < 0x7F)).all(axis=1)]
     at = offsets[rows] + MOLD_HEADER.offset("count")
     count = data[at].astype(np.int64) << 8 | data[at + 1]
-    problems = {"heartbeats": int(np.count_nonzero(count == HEARTBEAT)),
-                "end_of_session": int(np.count_nonzero(count == END_OF_SESSION))}
-    live = (count != HEARTBEAT) & (count != END_OF_SESSION)
-    rows, count = rows[live], count[live]
-    first_seq = gather(data, offsets[rows] + MOLD_HEADER.offset("sequence"), np.dtype(">u8")).astype(np.int64)
-    starts = offsets[rows] + MOLD_HEADER.size
-    ends = offsets[rows] + lengths[rows]
-    room = int(np.minimum(count, (ends - starts) // BLOCK_BYTES).sum())
-    packet, index, at, length = (np.empty(room, np.int64) for _ in range(4))
-    written, short, past, zero, trailing = _native.walk_blocks(data, starts, ends, count, packet, index, at, length)
-    packet, index = packet[:written], index[:written]
-    problems.update({"count_beyond_messages": short, "message_past_datagram": past, "zero_length_messages": zero,
-                     "bytes_after_messages": trailing})
-    return Packets(rows[packet], first_seq[packet] + index, at[:written], length[:written], problems)
+    room = int(np.minimum(count, (lengths[rows] - MOLD_HEADER.size) // BLOCK_BYTES).sum())   # at most this many
+    packet, seq, at, length = (np.empty(room, np.int64) for _ in range(4))
+    written, *counts = _native.walk_mold(data, offsets, lengths, WALK_HEADER, packet, seq, at, length)
+    problems = dict(zip(("heartbeats", "end_of_session", "count_beyond_messages", "message_past_datagram",
+                         "zero_length_messages", "bytes_after_messages"), counts))
+    return Packets(packet[:written], seq[:written], at[:written], length[:written], problems)
 
 
 class Itch50MarketData(MdProtocol):

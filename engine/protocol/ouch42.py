@@ -28,7 +28,8 @@ from engine.messages import BUY, DAY, IOC, SELL
 from engine.protocol.errors import ProtocolError
 from engine.protocol.layout import Field, Layout, as_bytes_array, gather
 from engine.protocol.registry import OrderProtocol, VenueReplies, VenueRequest
-from engine.protocol.stream import StreamFrames, stream_chain
+from engine import _native
+from engine.protocol.stream import StreamFrames
 
 PRICE_SCALE = 10**4                  # Price(4) -> the lab's ticks of 1e-8
 TOKEN_DIGITS = 14
@@ -130,28 +131,25 @@ def _since_midnight(now_ns: int) -> int:
 
 
 def frame_soup_stream(stream, packet_types: bytes, start: int = 0) -> StreamFrames:
-    """Cut a TCP byte stream into SoupBinTCP packets, vectorised (engine.protocol.stream): every
-    position whose type byte is one of `packet_types` and whose length is 1 to MAX_PACKET is a
-    candidate; the chain from `start` is the stream's packets. `msg_type` holds each packet's
+    """Cut a TCP byte stream into SoupBinTCP packets (walked in C: engine._native.walk_soup), each
+    a length of 1 to MAX_PACKET and a type among `packet_types`. `msg_type` holds each packet's
     type. An incomplete last packet is left in `tail_bytes`; a bad header stops framing with
     `error`."""
     data = np.ascontiguousarray(as_bytes_array(stream))
     size = data.size
-    is_type = np.zeros(256, bool)
-    is_type[np.frombuffer(packet_types, np.uint8)] = True
-    head = np.flatnonzero(is_type[data[start + 2:]]).astype(np.int64) + start
-    length = data[head].astype(np.int64) << 8 | data[head + 1]
-    head, length = head[(length >= 1) & (length <= MAX_PACKET)], length[(length >= 1) & (length <= MAX_PACKET)]
-    ends = head + 2 + length
-    chain, incomplete, consumed = stream_chain(head, ends, start, size)
+    is_type = np.zeros(256, np.uint8)
+    is_type[np.frombuffer(packet_types, np.uint8)] = 1
+    room = max(size - start, 0) // SOUP_HEADER + 1
+    offset, length = np.empty(room, np.int64), np.empty(room, np.int64)
+    written, consumed, incomplete = _native.walk_soup(data, start, is_type, MAX_PACKET, offset, length)
+    offset, length = offset[:written], length[:written]
     error = None
     if not incomplete and size - consumed >= SOUP_HEADER:
         bad_length = data[consumed].astype(np.int64) << 8 | data[consumed + 1]
         error = (f"SoupBinTCP packet of length {bad_length}" if not 1 <= bad_length <= MAX_PACKET
                  else f"unknown SoupBinTCP packet type {bytes(data[consumed + 2:consumed + 3])!r}")
-    return StreamFrames(offset=head[chain], length=ends[chain] - head[chain], msg_type=data[head[chain] + 2],
-                        consumed=consumed, stream_bytes=size, error=error,
-                        error_offset=consumed if error else None)
+    return StreamFrames(offset=offset, length=length, msg_type=data[offset + 2], consumed=consumed,
+                        stream_bytes=size, error=error, error_offset=consumed if error else None)
 
 
 class Ouch42Orders(OrderProtocol):

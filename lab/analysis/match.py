@@ -187,8 +187,9 @@ class PartMatches:
     """What one part of a capture settled: matched pairs and the misses (as rows of its inputs)."""
     md: dict[str, np.ndarray]             # MD_COLUMNS of each matched trigger, in t_MD order
     order: np.ndarray                     # rows of the part's orders, beside them
-    unmatched_md: dict[str, np.ndarray]   # MD no order pointed at, evicted from the window
-    duplicate_md: dict[str, np.ndarray]
+    window: dict[str, np.ndarray]         # MD_COLUMNS of the MD this part matched against
+    unmatched_md: np.ndarray              # rows of window no order pointed at, evicted from it
+    duplicate_md: np.ndarray              # rows of window
     unmatched_orders: np.ndarray          # rows of the part's orders
     duplicate_orders: np.ndarray
 
@@ -237,6 +238,5 @@ class MdWindow:
         self.kept = {name: values[stays] for name, values in window.items()}
         self.taken = taken[stays]
         return PartMatches(md={name: values[md_rows] for name, values in window.items()}, order=orders,
-                           unmatched_md={name: values[unmatched] for name, values in window.items()},
-                           duplicate_md={name: values[found.duplicate_md] for name, values in window.items()},
+                           window=window, unmatched_md=unmatched, duplicate_md=found.duplicate_md,
                            unmatched_orders=found.unmatched_orders, duplicate_orders=duplicate_orders)

@@ -203,20 +203,20 @@ class _Results:
         self.counts["orders"] += orders["trigger_seq"].size
         self.counts["matched"] += found.order.size
         order_listing = {name: orders[name] for name in ORDER_LISTING}
-        self._miss("unmatched_md", found.unmatched_md)
-        self._miss("duplicate_md", found.duplicate_md)
-        self._miss("unmatched_orders", {n: v[found.unmatched_orders] for n, v in order_listing.items()})
-        self._miss("duplicate_orders", {n: v[found.duplicate_orders] for n, v in order_listing.items()})
+        self._miss("unmatched_md", found.window, found.unmatched_md)
+        self._miss("duplicate_md", found.window, found.duplicate_md)
+        self._miss("unmatched_orders", order_listing, found.unmatched_orders)
+        self._miss("duplicate_orders", order_listing, found.duplicate_orders)
         rows = self._per_trigger(found.md, {name: values[found.order] for name, values in orders.items()})
         if self.options.per_trigger_sink:
             self.options.per_trigger_sink(rows)
             rows = {"tick_to_trade_ns": rows["tick_to_trade_ns"]}
         self.kept.append(rows)
 
-    def _miss(self, kind: str, rows: dict[str, np.ndarray]) -> None:
-        count = next(iter(rows.values())).size
-        self.counts[kind] += count
-        listed = {name: values[:self.options.listed] for name, values in rows.items()}
+    def _miss(self, kind: str, columns: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Count the rows of `columns` that missed; list the first `listed` of them."""
+        self.counts[kind] += rows.size
+        listed = {name: values[rows[:self.options.listed]] for name, values in columns.items()}
         listed["packet"] = listed["packet"] + 1                # frame numbers as Wireshark counts
         held = self.misses.get(kind)
         self.misses[kind] = listed if held is None else {
