@@ -28,8 +28,7 @@ enum stop {
     /* framing damage: nothing after offset can be framed */
     STOP_TRUNCATED_HEADER,    /* fewer bytes left than a record/block header */
     STOP_TRUNCATED_RECORD,    /* the record/block runs past the end of the file */
-    STOP_CAPLEN_OVER_MAX,     /* pcap caplen > MAX_PCAP_CAPLEN */
-    STOP_CAPLEN_OVER_SNAPLEN, /* pcap caplen > the file's snaplen */
+    STOP_CAPLEN_OVER_MAX,     /* pcap caplen > the largest for the link type */
     STOP_BAD_BLOCK_LENGTH,    /* pcapng block length < 12 or not a multiple of 4 */
     STOP_TRAILING_MISMATCH,   /* pcapng trailing block length != leading */
     /* content damage: this block is unusable, the walk resumes after it */
@@ -38,7 +37,20 @@ enum stop {
     STOP_BAD_OPTIONS,         /* packet block options overrun the block */
 };
 
+/* libpcap's MAXIMUM_SNAPLEN: the largest caplen for most link types (the
+ * caller passes the one for the file's link type, see max_caplen() in
+ * lab/capture/formats.py). */
 #define MAX_PCAP_CAPLEN 262144u
+
+/* Order of the two length fields of a pcap record header. Files of version
+ * 2.0-2.2 (and DG/UX's 543.0) have them as (len, caplen); 2.3 was written both
+ * ways, so there a caplen > len means they are swapped (libpcap and Wireshark
+ * read them so). */
+enum pcap_lengths {
+    PCAP_LENGTHS_NORMAL,
+    PCAP_LENGTHS_SWAPPED,
+    PCAP_LENGTHS_MAYBE_SWAPPED,
+};
 #define NO_TIMESTAMP INT64_MIN
 #define UNUSABLE_INTERFACE 0xFFFFu
 #define NS_PER_S 1000000000LL
@@ -202,21 +214,29 @@ static int check_rows(Py_ssize_t start, Py_ssize_t capacity, Py_ssize_t offset, 
 }
 
 static const char walk_pcap_doc[] =
-    "walk_pcap(data, offset, swapped, nanosecond, snaplen, offset_out, caplen_out,\n"
-    "          wire_len_out, ts_ns_out, start, capacity) -> (count, offset, stop)\n\n"
+    "walk_pcap(data, offset, swapped, nanosecond, max_caplen, lengths, offset_out,\n"
+    "          caplen_out, wire_len_out, ts_ns_out, start, capacity) -> (count, offset, stop)\n\n"
     "Frame pcap records from `offset` (just after the file header, or where the\n"
-    "previous call stopped) into rows [start, capacity) of the output arrays.";
+    "previous call stopped) into rows [start, capacity) of the output arrays.\n"
+    "A caplen above max_caplen stops the walk (STOP_CAPLEN_OVER_MAX); a caplen above\n"
+    "the file's snaplen is not checked, as libpcap and Wireshark read such records.\n"
+    "lengths is one of the PCAP_LENGTHS_* codes.";
 
 static PyObject *walk_pcap(PyObject *self, PyObject *args)
 {
     Py_buffer data;
     Py_ssize_t offset, start, capacity;
-    int swap, nano;
-    unsigned long snaplen;
+    int swap, nano, lengths;
+    unsigned long max_caplen;
     PyObject *objs[4];
-    if (!PyArg_ParseTuple(args, "y*nppkOOOOnn", &data, &offset, &swap, &nano, &snaplen,
-                          &objs[0], &objs[1], &objs[2], &objs[3], &start, &capacity))
+    if (!PyArg_ParseTuple(args, "y*nppkiOOOOnn", &data, &offset, &swap, &nano, &max_caplen,
+                          &lengths, &objs[0], &objs[1], &objs[2], &objs[3], &start, &capacity))
         return NULL;
+    if (lengths < PCAP_LENGTHS_NORMAL || lengths > PCAP_LENGTHS_MAYBE_SWAPPED) {
+        PyErr_SetString(PyExc_ValueError, "lengths: not a PCAP_LENGTHS_* code");
+        PyBuffer_Release(&data);
+        return NULL;
+    }
     Py_buffer views[4];
     columns_t out;
     if (check_rows(start, capacity, offset, data.len) < 0 ||
@@ -242,12 +262,20 @@ static PyObject *walk_pcap(PyObject *self, PyObject *args)
         const uint8_t *p = buf + off;
         prefetch_ahead(p, &ahead, buf + size);
         uint32_t caplen = rd32(p + 8, swap);
-        if (caplen > MAX_PCAP_CAPLEN) { stop = STOP_CAPLEN_OVER_MAX; break; }
-        if (caplen > snaplen) { stop = STOP_CAPLEN_OVER_SNAPLEN; break; }
+        uint32_t wire_len = rd32(p + 12, swap);
+        if (lengths == PCAP_LENGTHS_SWAPPED ||
+            (lengths == PCAP_LENGTHS_MAYBE_SWAPPED && caplen > wire_len)) {
+            uint32_t t = caplen;
+            caplen = wire_len;
+            wire_len = t;
+        }
+        /* A caplen above the file's snaplen is read (libpcap, Wireshark): only
+         * the link type's largest caplen bounds it. */
+        if (caplen > max_caplen) { stop = STOP_CAPLEN_OVER_MAX; break; }
         if (caplen > left - 16) { stop = STOP_TRUNCATED_RECORD; break; }
         out.offset[n] = (int64_t)(off + 16);
         out.caplen[n] = caplen;
-        out.wire_len[n] = rd32(p + 12, swap);
+        out.wire_len[n] = wire_len;
         out.ts_ns[n] = (int64_t)rd32(p, swap) * NS_PER_S + (int64_t)rd32(p + 4, swap) * frac_ns;
         n++;
         off += 16 + (size_t)caplen;
@@ -406,13 +434,15 @@ PyMODINIT_FUNC PyInit__walk(void)
     EXPORT(m, STOP_TRUNCATED_HEADER);
     EXPORT(m, STOP_TRUNCATED_RECORD);
     EXPORT(m, STOP_CAPLEN_OVER_MAX);
-    EXPORT(m, STOP_CAPLEN_OVER_SNAPLEN);
     EXPORT(m, STOP_BAD_BLOCK_LENGTH);
     EXPORT(m, STOP_TRAILING_MISMATCH);
     EXPORT(m, STOP_BAD_PACKET_BLOCK);
     EXPORT(m, STOP_UNKNOWN_INTERFACE);
     EXPORT(m, STOP_BAD_OPTIONS);
     EXPORT(m, MAX_PCAP_CAPLEN);
+    EXPORT(m, PCAP_LENGTHS_NORMAL);
+    EXPORT(m, PCAP_LENGTHS_SWAPPED);
+    EXPORT(m, PCAP_LENGTHS_MAYBE_SWAPPED);
     EXPORT(m, UNUSABLE_INTERFACE);
     return m;
 error:

@@ -28,8 +28,30 @@ PCAP_FILE_HEADER = np.dtype([
 PCAP_RECORD_HEADER = np.dtype([
     ("ts_sec", "u4"), ("ts_frac", "u4"), ("caplen", "u4"), ("wire_len", "u4"),
 ])
-# The link-layer header type is the low 26 bits of `network` (the rest: FCS info).
+# The link-layer header type is the low 26 bits of `network` (the top 6: FCS info).
 PCAP_LINKTYPE_MASK = 0x03FFFFFF
+# Bits 16-25 of `network` are reserved and must be zero: Wireshark and current
+# libpcap refuse a file where they are not (libpcap's test file
+# linktype-reserved-field-not-zero.pcap; libpcap 1.10.3 still read it).
+PCAP_LINKTYPE_RESERVED = 0x03FF0000
+# DG/UX tcpdump wrote version 543.0; libpcap and Wireshark read it (lengths swapped).
+PCAP_VERSION_DGUX = (543, 0)
+
+# The largest caplen of a record, per link type: libpcap's max_snaplen_for_dlt()
+# (pcap-common.c). A pcap record may have a caplen above the file's snaplen (libpcap
+# and Wireshark read it) but not above this. The link types here are in the range
+# where LINKTYPE_ and DLT_ values are equal.
+MAX_SNAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN
+MAX_SNAPLEN_BY_LINKTYPE: dict[int, int] = {
+    231: 128 * 1024 * 1024,  # D-Bus
+    249: 1024 * 1024,        # USBPcap
+    279: 8 * 1024 * 1024,    # Elektrobit EBHSCR
+}
+
+
+def max_caplen(linktype: int) -> int:
+    """The largest caplen libpcap accepts for a record of this link type."""
+    return MAX_SNAPLEN_BY_LINKTYPE.get(linktype, MAX_SNAPLEN)
 
 # --- pcapng ---------------------------------------------------------------------
 # Blocks Python reads or writes. The packet blocks (EPB 6, SPB 3, obsolete PB 2)

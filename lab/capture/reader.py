@@ -8,6 +8,15 @@ Fatal (CaptureError at open_capture): the file cannot be opened, is empty, has
 an unknown magic, a truncated or invalid file header / first SHB, or an
 unsupported pcap/pcapng version. Everything after a good start is Damage: the
 packets before it are kept. An unknown link type is not an error here.
+
+What is read follows libpcap (sf-pcap.c, sf-pcapng.c) and Wireshark: a pcap
+record whose caplen is above the file's snaplen is a packet (its whole caplen is
+kept, as Wireshark does; libpcap would cut it to the snaplen); only a caplen
+above the link type's largest (formats.max_caplen, libpcap's
+max_snaplen_for_dlt) is damage. pcap versions 2.x and 543.0 read, with the
+record's two length fields swapped where libpcap swaps them (2.0-2.2, 543.0;
+2.3 when caplen > len). A first SHB must be version 1.0 or 1.2 (libpcap and
+Wireshark refuse 1.1 and 1.3+); a later SHB only major version 1 (libpcap).
 """
 from __future__ import annotations
 
@@ -22,18 +31,20 @@ from lab.capture import _walk
 from lab.capture.formats import (
     BYTE_ORDER_MAGIC, DEFAULT_TSRESOL, IDB_FIXED, IF_DESCRIPTION, IF_NAME, IF_TSOFFSET,
     IF_TSRESOL, INTERFACE_TABLE_DTYPE, NO_TIMESTAMP, OPTION_HEADER,
-    PCAP_FILE_HEADER, PCAP_LINKTYPE_MASK, PCAP_MAGICS, SHB_FIXED, BLOCK_SHB, tsresol_text,
+    PCAP_FILE_HEADER, PCAP_LINKTYPE_MASK, PCAP_LINKTYPE_RESERVED, PCAP_MAGICS, PCAP_VERSION_DGUX,
+    SHB_FIXED, BLOCK_SHB, max_caplen, tsresol_text,
 )
 from lab.capture.records import CaptureError, Damage, Interface, PacketBatch
 
-MAX_PCAP_CAPLEN = _walk.MAX_PCAP_CAPLEN  # libpcap's largest snaplen: a pcap caplen above it is damage
+MAX_PCAP_CAPLEN = _walk.MAX_PCAP_CAPLEN  # libpcap's largest snaplen (most link types; see max_caplen)
+# pcapng versions a first SHB may have (libpcap's and Wireshark's rule).
+PCAPNG_VERSIONS = ((1, 0), (1, 2))
 
 # Stops after which the walk cannot go on: the rest of the file is skipped.
 TAIL_REASONS = {
     _walk.STOP_TRUNCATED_HEADER: "file ends inside a record header",
     _walk.STOP_TRUNCATED_RECORD: "file ends inside a record",
-    _walk.STOP_CAPLEN_OVER_MAX: "caplen {caplen} > {limit} (largest pcap caplen)",
-    _walk.STOP_CAPLEN_OVER_SNAPLEN: "caplen {caplen} > snaplen {limit}",
+    _walk.STOP_CAPLEN_OVER_MAX: "caplen {caplen} > {limit} (largest pcap caplen for link type {linktype})",
     _walk.STOP_BAD_BLOCK_LENGTH: "bad block length {block_len} (must be >= 12 and a multiple of 4)",
     _walk.STOP_TRAILING_MISMATCH: "trailing block length {trailing} != leading {block_len}",
 }
@@ -90,7 +101,7 @@ class Capture:
         elif magic == BLOCK_SHB:
             self.format = "pcapng"
             try:
-                self._read_shb(0)
+                self._read_shb(0, first=True)
             except _Damaged as exc:
                 raise CaptureError(f"{path}: not a readable pcapng file: {exc}") from None
         else:
@@ -155,15 +166,27 @@ class Capture:
             raise CaptureError(f"{self.path}: truncated pcap header "
                                f"({self.file_bytes} of {PCAP_FILE_HEADER.itemsize} bytes)")
         header = self._record(0, PCAP_FILE_HEADER.newbyteorder(order))
-        if header["version_major"] != 2:
-            raise CaptureError(f"{self.path}: unsupported pcap version "
-                               f"{header['version_major']}.{header['version_minor']}")
+        version = (int(header["version_major"]), int(header["version_minor"]))
+        if version[0] != 2 and version != PCAP_VERSION_DGUX:
+            raise CaptureError(f"{self.path}: unsupported pcap version {version[0]}.{version[1]}")
+        network = int(header["network"])
+        if network & PCAP_LINKTYPE_RESERVED:
+            raise CaptureError(f"{self.path}: pcap link-type field {network:#010x} has reserved bits "
+                               f"set ({network & PCAP_LINKTYPE_RESERVED:#010x})")
+        linktype = network & PCAP_LINKTYPE_MASK
         snaplen = int(header["snaplen"])
         self._pcap_swapped = order != "<"
         self._pcap_nanosecond = nanosecond
-        self._pcap_caplen_limit = min(snaplen, MAX_PCAP_CAPLEN) if snaplen else MAX_PCAP_CAPLEN
-        self.interfaces = [Interface(linktype=int(header["network"]) & PCAP_LINKTYPE_MASK,
-                                     tsresol="1e-9" if nanosecond else "1e-6", snaplen=snaplen)]
+        # Not the snaplen: libpcap and Wireshark read a record with caplen > snaplen.
+        self._pcap_max_caplen = max_caplen(linktype)
+        if version == PCAP_VERSION_DGUX or version[1] < 3:
+            self._pcap_lengths = _walk.PCAP_LENGTHS_SWAPPED
+        elif version[1] == 3:
+            self._pcap_lengths = _walk.PCAP_LENGTHS_MAYBE_SWAPPED
+        else:
+            self._pcap_lengths = _walk.PCAP_LENGTHS_NORMAL
+        self.interfaces = [Interface(linktype=linktype, tsresol="1e-9" if nanosecond else "1e-6",
+                                     snaplen=snaplen)]
 
     def _pcap_walk(self, max_packets: int) -> Iterator[PacketBatch]:
         offset = PCAP_FILE_HEADER.itemsize
@@ -171,7 +194,7 @@ class Capture:
             columns = _new_columns(self.file_bytes - offset, max_packets)
             count, offset, stop = _walk.walk_pcap(
                 self._map, offset, self._pcap_swapped, self._pcap_nanosecond,
-                self._pcap_caplen_limit, columns["offset"], columns["caplen"],
+                self._pcap_max_caplen, self._pcap_lengths, columns["offset"], columns["caplen"],
                 columns["wire_len"], columns["ts_ns"], 0, len(columns["offset"]))
             self.position = offset
             if count:
@@ -222,8 +245,9 @@ class Capture:
         if count:
             yield self._batch(columns, count)
 
-    def _read_shb(self, offset: int) -> tuple[str, int]:
-        """Byte order and length of the SHB at offset; _Damaged if unusable."""
+    def _read_shb(self, offset: int, first: bool = False) -> tuple[str, int]:
+        """Byte order and length of the SHB at offset; _Damaged if unusable. The first
+        SHB must be version 1.0 or 1.2, a later one only major version 1 (libpcap)."""
         left = self.file_bytes - offset
         if left < 12:
             raise _Damaged(f"file ends inside a section header ({left} bytes left)")
@@ -241,8 +265,9 @@ class Capture:
         if trailing != block_len:
             raise _Damaged(f"trailing block length {trailing} != leading {block_len}")
         shb = self._record(offset, SHB_FIXED.newbyteorder(order))
-        if shb["version_major"] != 1:
-            raise _Damaged(f"unsupported pcapng version {shb['version_major']}.{shb['version_minor']}")
+        version = (int(shb["version_major"]), int(shb["version_minor"]))
+        if version[0] != 1 or (first and version not in PCAPNG_VERSIONS):
+            raise _Damaged(f"unsupported pcapng version {version[0]}.{version[1]}")
         return order, block_len
 
     def _read_idb(self, offset: int, block_len: int, order: str) -> np.ndarray:
@@ -308,9 +333,12 @@ class Capture:
         """Damage from offset to the end of the file; the reason quotes the bad fields."""
         values = {}
         if stop == _walk.STOP_CAPLEN_OVER_MAX:
-            values = {"caplen": self._u32(offset + 8, order), "limit": MAX_PCAP_CAPLEN}
-        elif stop == _walk.STOP_CAPLEN_OVER_SNAPLEN:
-            values = {"caplen": self._u32(offset + 8, order), "limit": self._pcap_caplen_limit}
+            caplen, wire_len = self._u32(offset + 8, order), self._u32(offset + 12, order)
+            if self._pcap_lengths == _walk.PCAP_LENGTHS_SWAPPED or (
+                    self._pcap_lengths == _walk.PCAP_LENGTHS_MAYBE_SWAPPED and caplen > wire_len):
+                caplen = wire_len
+            values = {"caplen": caplen, "limit": self._pcap_max_caplen,
+                      "linktype": self.interfaces[0].linktype}
         elif stop in (_walk.STOP_BAD_BLOCK_LENGTH, _walk.STOP_TRAILING_MISMATCH):
             values = {"block_len": self._u32(offset + 4, order)}
             if stop == _walk.STOP_TRAILING_MISMATCH:

@@ -13,7 +13,9 @@ from lab.table import render
 def register(sub):
     p = sub.add_parser("info", help="packets, interfaces, time span and damage of a pcap/pcapng file",
                        description="Summarise a capture: packets, interfaces (link type, timestamp "
-                                   "resolution, name), first and last stamp, bytes, and what could not be read.")
+                                   "resolution, name), first and last stamp (the earliest and latest, "
+                                   "whatever the order of the records: first_ts_ns and last_ts_ns in --json), "
+                                   "bytes, and what could not be read.")
     p.add_argument("--pcap", required=True, metavar="FILE", help="pcap or pcapng capture")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)

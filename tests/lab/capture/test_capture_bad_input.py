@@ -80,7 +80,6 @@ def test_truncated_pcap_record_header(tmp_path):
 
 
 @pytest.mark.parametrize("snaplen, caplen, words", [
-    (1500, 1501, "caplen 1501 > snaplen 1500"),
     (0, 262145, "caplen 262145 > 262144"),
     (1 << 31, 300_000, "caplen 300000 > 262144"),
 ])
@@ -91,6 +90,13 @@ def test_pcap_caplen_beyond_limits_is_damage(tmp_path, snaplen, caplen, words):
     assert packets == [frame(1)]
     assert words in damage.reason
     assert damage.at_offset == 24 + len(good)
+
+
+def test_pcap_caplen_above_snaplen_is_a_packet(tmp_path):
+    """libpcap and tshark read a record longer than the file's snaplen, up to the link type's maximum."""
+    good, big = pcap_record("<", 1, 0, frame(1)), pcap_record("<", 2, 0, frame(2, 1501))
+    packets, damage, _ = read(write(tmp_path, pcap_header(snaplen=1500) + good + big))
+    assert packets == [frame(1), frame(2, 1501)] and damage == []
 
 
 @pytest.mark.parametrize("bad_block, words", [
