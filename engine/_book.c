@@ -1,11 +1,15 @@
 /*
  * engine._book: the books (engine.book re-exports L2Book, ItchOrders, BookError and the decoders).
  *
- * Per side a ladder of int64 quantities indexed by price tick: index i is the price
- * base + i * tick. A level update is one store; the best index of a side moves by a
- * short scan only when the best level empties. When a price falls outside the window
- * the window re-centres on all levels and that price, doubling while it is narrower
- * than twice their span.
+ * Per side a ladder of int64 quantities indexed by grid step: index i is the price
+ * base + i * grid, where the grid is the coarsest one every price placed so far lies on
+ * (the gcd of their differences: a multiple of the tick, often the tick). A level update
+ * is one store; the best index of a side moves by a short scan only when the best level
+ * empties. When a price falls outside the window, or between its steps, the window
+ * re-centres on all levels and that price on the grid they share, doubling while it is
+ * narrower than twice their span, up to LADDER_MAX_LEVELS: a price farther from the levels
+ * than that allows is refused (BookError, the book unchanged), and decode() drops its
+ * datagram as "price out of range".
  *
  * Crossed-book guard: a new best bid at or above the best ask clears the asks at or
  * below it (a missed delete is the usual cause), symmetrically for asks;
@@ -58,6 +62,14 @@ static struct {
     Py_ssize_t trade_price_at, trade_qty_at;                         /* in a trade entry */
 } wm;
 #define MAX_WINDOW ((int64_t)(PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(int64_t)))
+/* The most levels a ladder grows to by itself: 8 MiB a side, a span of 2^19 grid steps between the book's
+ * lowest and highest levels (5,242.88 at a tick of 0.01). Unbounded, one far price on the grid made a window
+ * of 2^28 levels (a second of calloc and scans per datagram, 4 GiB of address space), and levels near both
+ * of its ends made each later re-centre copy, and so touch, every page between them (issue 16). The grid
+ * keeps a book with a finer tick than its prices use (tick 1, prices in cents) as small as its prices need. */
+#define LADDER_MAX_LEVELS ((int64_t)1 << 20)
+/* place_level's result for a price it refuses as out of range (BookError set); other failures are -1 */
+#define OUT_OF_RANGE (-2)
 
 static PyObject *BookError, *DatagramError;
 
@@ -66,6 +78,9 @@ typedef struct {
     int64_t tick;
     int64_t window;            /* levels per ladder */
     int has_base;              /* false until the first non-zero quantity */
+    int64_t anchor;            /* the price of that quantity: every price placed is anchor + k * grid */
+    int64_t grid;              /* price step of the ladder, a multiple of tick; 0 while only the anchor was placed
+                                * (then index window / 2 is the anchor's and base the anchor) */
     int64_t base;              /* price of ladder index 0 */
     int64_t *ladder[3];        /* by side; [0] unused */
     int64_t best[3];           /* ladder index of the best bid / ask, -1 when empty */
@@ -78,15 +93,13 @@ typedef struct {
 } L2Book;
 
 /* Python's a // b for b > 0 (C's / truncates toward zero). */
-static inline int64_t floor_div(int64_t a, int64_t b) {
-    int64_t q = a / b;
-    return (a % b < 0) ? q - 1 : q;
-}
-
 static inline wide_t wide_floor_div(wide_t a, wide_t b) {
     wide_t q = a / b;
     return (a % b < 0) ? q - 1 : q;
 }
+
+/* The price of ladder index i (with grid 0, the anchor's: base). */
+static inline int64_t price_at(const L2Book *b, int64_t i) { return b->base + i * b->grid; }
 
 /* -- scans ------------------------------------------------------------------------ */
 
@@ -135,47 +148,51 @@ static void uncross(L2Book *b, int side, int64_t i) {
 
 /* -- window placement --------------------------------------------------------------- */
 
-/* Base of a `window` centred on prices low..high: (low + high) // 2 // tick * tick - window // 2 * tick.
- * Fails (BookError) if a price of the window would not fit int64. */
-static int window_base(const L2Book *b, int64_t low, int64_t high, int64_t window, int64_t price,
-                       int64_t *base) {
-    wide_t tick = b->tick;
-    wide_t middle = wide_floor_div((wide_t)low + high, 2);
-    wide_t new_base = wide_floor_div(middle, tick) * tick - (wide_t)(window / 2) * tick;
-    if (new_base < INT64_MIN || (wide_t)high - new_base > INT64_MAX) {
-        PyErr_Format(BookError, "price %lld is out of range for a book with tick %lld", (long long)price,
-                     (long long)b->tick);
-        return -1;
+static wide_t wide_gcd(wide_t a, wide_t b) {           /* a, b >= 0; gcd(0, b) = b */
+    while (b) {
+        wide_t r = a % b;
+        a = b;
+        b = r;
     }
-    *base = (int64_t)new_base;
-    return 0;
+    return a;
 }
 
-/* Move (and if needed grow) the window so that every level and `price` fit. */
-static int recentre(L2Book *b, int64_t price) {
+/* Lay the ladder out again so that every level and `price` fit on the grid they share: the window moved,
+ * grown (doubling) while narrower than twice their span, its step the gcd of the grid and price - anchor.
+ * Only the levels are copied, so no page between them is touched. 0 with *index the price's; OUT_OF_RANGE
+ * (BookError, the book unchanged) if that needs more than LADDER_MAX_LEVELS levels or prices beyond int64;
+ * -1 if out of memory. */
+static int relayout(L2Book *b, int64_t price, int64_t *index) {
+    wide_t difference = (wide_t)price - b->anchor;
+    wide_t grid = wide_gcd(b->grid, difference < 0 ? -difference : difference);   /* > 0: price != anchor */
     int64_t first[3], last[3];
-    int64_t low = price, high = price;
+    wide_t low = price, high = price;
     for (int side = BID; side <= ASK; side++) {
         first[side] = lowest_level(b, side);
         last[side] = highest_level(b, side);
         if (first[side] < 0) continue;
-        int64_t first_price = b->base + first[side] * b->tick;   /* prices of real levels: fit int64 */
-        int64_t last_price = b->base + last[side] * b->tick;
+        wide_t first_price = price_at(b, first[side]), last_price = price_at(b, last[side]);   /* real levels */
         if (first_price < low) low = first_price;
         if (last_price > high) high = last_price;
     }
-    wide_t span = ((wide_t)high - low) / b->tick + 1;
+    wide_t span = (high - low) / grid + 1;
     int64_t window = b->window;
     while (window < 2 * span) {
-        if (window > MAX_WINDOW / 2) {
-            PyErr_Format(BookError, "price %lld is too far from the book's levels for one window",
-                         (long long)price);
-            return -1;
+        if (window >= LADDER_MAX_LEVELS || window > MAX_WINDOW / 2) {
+            PyErr_Format(BookError, "price %lld is too far from the book's levels: the ladder would need more "
+                         "than %lld levels", (long long)price, (long long)LADDER_MAX_LEVELS);
+            return OUT_OF_RANGE;
         }
         window *= 2;
     }
-    int64_t new_base;
-    if (window_base(b, low, high, window, price, &new_base) < 0) return -1;
+    /* centred on low..high, on the grid through the anchor */
+    wide_t middle = wide_floor_div(low + high, 2);
+    wide_t new_base = b->anchor + (wide_floor_div(middle - b->anchor, grid) - window / 2) * grid;
+    if (new_base < INT64_MIN || high - new_base > INT64_MAX) {
+        PyErr_Format(BookError, "price %lld is out of range for a book with tick %lld", (long long)price,
+                     (long long)b->tick);
+        return OUT_OF_RANGE;
+    }
     int64_t *moved[3] = {NULL, calloc((size_t)window, sizeof(int64_t)), calloc((size_t)window, sizeof(int64_t))};
     if (!moved[BID] || !moved[ASK]) {
         free(moved[BID]);
@@ -183,17 +200,18 @@ static int recentre(L2Book *b, int64_t price) {
         PyErr_NoMemory();
         return -1;
     }
-    int64_t shift = (int64_t)(((wide_t)b->base - new_base) / b->tick);   /* both on the tick grid */
     for (int side = BID; side <= ASK; side++) {
-        if (first[side] >= 0)
-            memcpy(moved[side] + first[side] + shift, b->ladder[side] + first[side],
-                   (size_t)(last[side] - first[side] + 1) * sizeof(int64_t));
+        const int64_t *ladder = b->ladder[side];
+        for (int64_t i = first[side]; i >= 0 && i <= last[side]; i++)
+            if (ladder[i]) moved[side][(int64_t)((price_at(b, i) - new_base) / grid)] = ladder[i];
+        if (b->best[side] >= 0) b->best[side] = (int64_t)((price_at(b, b->best[side]) - new_base) / grid);
         free(b->ladder[side]);
         b->ladder[side] = moved[side];
-        if (b->best[side] >= 0) b->best[side] += shift;
     }
-    b->base = new_base;
+    b->base = (int64_t)new_base;
+    b->grid = (int64_t)grid;
     b->window = window;
+    *index = (int64_t)((price - new_base) / grid);
     return 0;
 }
 
@@ -201,7 +219,8 @@ static int recentre(L2Book *b, int64_t price) {
 
 /* Set the quantity at a price; qty 0 deletes the level. With `guard`, a new best that crosses the
  * other side clears what it crosses (an L2 feed's missed delete); the L3 book's levels are sums of
- * live orders, so it places them as they are. 0, or -1 with BookError set. */
+ * live orders, so it places them as they are. 0; OUT_OF_RANGE with BookError set for a price too far
+ * from the levels (the book unchanged); -1 with BookError (or MemoryError) set otherwise. */
 static inline __attribute__((always_inline)) int place_level(L2Book *b, long side, int64_t price, int64_t qty,
                                                              int guard) {
     int64_t tick = b->tick;
@@ -219,13 +238,19 @@ static inline __attribute__((always_inline)) int place_level(L2Book *b, long sid
     }
     if (!b->has_base) {
         if (!qty) return 0;
-        if (window_base(b, price, price, b->window, price, &b->base) < 0) return -1;   /* price - window//2*tick */
         b->has_base = 1;
+        b->anchor = b->base = price;              /* grid 0: the anchor alone, at index window / 2 */
     }
-    int64_t offset, i;
-    if (__builtin_sub_overflow(price, b->base, &offset) || (i = floor_div(offset, tick)) < 0 || i >= b->window) {
-        if (recentre(b, price) < 0) return -1;
-        i = (price - b->base) / tick;           /* in the window now: no overflow, not negative */
+    int64_t grid = b->grid, offset, i;
+    if (!grid || __builtin_sub_overflow(price, b->base, &offset) || offset % grid || (i = offset / grid) < 0 ||
+        i >= b->window) {
+        if (!grid && price == b->anchor) {
+            i = b->window / 2;
+        } else {
+            if (!qty) return 0;                   /* every level lies in the window, on its grid: none here */
+            int moved = relayout(b, price, &i);
+            if (moved < 0) return moved;
+        }
     }
     b->ladder[side][i] = qty;
     int64_t best = b->best[side];
@@ -243,8 +268,6 @@ static inline __attribute__((always_inline)) int place_level(L2Book *b, long sid
 static int set_level(L2Book *b, long side, int64_t price, int64_t qty) { return place_level(b, side, price, qty, 1); }
 
 /* -- queries ------------------------------------------------------------------------ */
-
-static inline int64_t price_at(const L2Book *b, int64_t i) { return b->base + i * b->tick; }
 
 static PyObject *level_or_none(const L2Book *b, int side) {
     int64_t i = b->best[side];
@@ -404,6 +427,8 @@ static PyMethodDef book_methods[] = {
 static PyMemberDef book_members[] = {
     {"tick", T_LONGLONG, offsetof(L2Book, tick), READONLY, "price tick, 1e-8 units"},
     {"window", T_LONGLONG, offsetof(L2Book, window), READONLY, "levels per ladder"},
+    {"grid", T_LONGLONG, offsetof(L2Book, grid), READONLY,
+     "price step between ladder levels: the gcd of the prices' differences, a multiple of tick (0: one price)"},
     {"crossed_fixes", T_LONGLONG, offsetof(L2Book, crossed_fixes), READONLY, "times the crossed-book guard fired"},
     {"datagrams", T_ULONGLONG, offsetof(L2Book, datagrams), READONLY, "datagrams decode() applied to this book"},
     {"last_seq", T_ULONGLONG, offsetof(L2Book, last_seq), READONLY, "the highest feed sequence number of them"},
@@ -417,7 +442,8 @@ static PyMemberDef book_members[] = {
 static PyTypeObject L2BookType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "engine.book.L2Book",
-    .tp_doc = "L2Book(tick, window=1 << 14): aggregate quantity per price level, per side",
+    .tp_doc = "L2Book(tick, window=1 << 14): aggregate quantity per price level, per side; the window grows to "
+              "at most 1 << 20 levels (a price farther from the levels is refused)",
     .tp_basicsize = sizeof(L2Book),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = book_new,
@@ -439,6 +465,10 @@ static const char *header_problem(const unsigned char *p, Py_ssize_t size) {
     Py_ssize_t expected = wm.header_size + wm.update_size * LOAD(uint16_t, p + wm.n_updates_at)
                           + wm.trade_size * LOAD(uint16_t, p + wm.n_trades_at);
     if (length != size || expected != length) return "length mismatch";
+    /* the first two entries are the best bid, then the best ask (engine.protocol.md) */
+    if (LOAD(uint16_t, p + wm.n_updates_at) < 2) return "too few updates";
+    if (p[wm.header_size + wm.side_at] != BID || p[wm.header_size + wm.update_size + wm.side_at] != ASK)
+        return "best bid and ask not first";
     return NULL;
 }
 
@@ -543,11 +573,12 @@ static PyObject *md_decode(PyObject *module, PyObject *const *args, Py_ssize_t n
     const unsigned char *entry = p + wm.header_size;
     for (int k = LOAD(uint16_t, p + wm.n_updates_at); k > 0; k--, entry += wm.update_size) {
         int64_t qty = LOAD(int64_t, entry + wm.qty_at);
-        if (set_level(b, entry[wm.side_at], LOAD(int64_t, entry + wm.price_at),
-                      entry[wm.action_at] == wm.set_action ? qty : 0) < 0) {
+        int placed = set_level(b, entry[wm.side_at], LOAD(int64_t, entry + wm.price_at),
+                               entry[wm.action_at] == wm.set_action ? qty : 0);
+        if (placed < 0) {
             PyBuffer_Release(&view);             /* the entries before this one stay applied */
             Py_DECREF(b);
-            PyErr_SetString(DatagramError, "bad book update");
+            PyErr_SetString(DatagramError, placed == OUT_OF_RANGE ? "price out of range" : "bad book update");
             return NULL;
         }
     }
@@ -610,12 +641,12 @@ static struct {
 /* Why a message (or the rest of a packet) was dropped; the names are ItchOrders.dropped's keys. */
 enum { DROP_COUNT_BEYOND, DROP_PAST_DATAGRAM, DROP_ZERO_LENGTH, DROP_TRAILING_BYTES, DROP_UNKNOWN_TYPE,
        DROP_WRONG_LENGTH, DROP_UNKNOWN_INSTRUMENT, DROP_UNKNOWN_REF, DROP_DUPLICATE_REF, DROP_MAP_FULL,
-       DROP_BAD_SIDE, DROP_OFF_GRID, DROP_EXCESS_SHARES, DROP_BOOK_REFUSED, DROPS };
+       DROP_BAD_SIDE, DROP_OFF_GRID, DROP_EXCESS_SHARES, DROP_BOOK_REFUSED, DROP_NOT_MOLD, DROPS };
 static const char *const DROP_REASONS[DROPS] = {
     "count beyond messages", "message past datagram", "zero-length message", "bytes after messages",
     "unknown message type", "wrong message length", "unknown instrument", "unknown order ref",
     "duplicate order ref", "order map full", "bad side", "price off the tick grid", "shares beyond the order",
-    "book refused the price"};
+    "book refused the price", "session not printable"};
 
 typedef struct {
     uint64_t ref;
@@ -739,8 +770,10 @@ static void remove_order(ItchOrders *o, Order *e) {
 
 static int64_t level_qty(const L2Book *b, int side, int64_t price) {
     int64_t offset, i;
-    if (!b->has_base || __builtin_sub_overflow(price, b->base, &offset)) return 0;
-    i = floor_div(offset, b->tick);
+    if (!b->has_base) return 0;
+    if (!b->grid) return price == b->anchor ? b->ladder[side][b->window / 2] : 0;
+    if (__builtin_sub_overflow(price, b->base, &offset) || offset % b->grid) return 0;
+    i = offset / b->grid;
     return i >= 0 && i < b->window ? b->ladder[side][i] : 0;
 }
 
@@ -975,8 +1008,14 @@ static PyObject *itch_decode(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_SetString(DatagramError, problem);
         return NULL;
     }
+    /* A session that is not printable ASCII is not MoldUDP64 (engine.protocol.itch50.frame_packets): random
+     * bytes are not walked, nor is their seq followed (one such datagram made every later packet a regression). */
+    int printable = 1;
+    for (Py_ssize_t i = 0; i < itch.seq_at; i++) printable &= p[i] >= 0x20 && p[i] < 0x7F;
     unsigned count = load_be16(p + itch.count_at);
-    if (count == itch.heartbeat || count == itch.end_of_session) {
+    if (!printable || count == itch.heartbeat || count == itch.end_of_session) {
+        if (!printable) drop(o, DROP_NOT_MOLD);
+        else if (view.len > itch.header_size) drop(o, DROP_TRAILING_BYTES);   /* they carry no blocks */
         PyBuffer_Release(&view);
         return PyTuple_New(0);
     }

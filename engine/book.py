@@ -3,7 +3,10 @@
 Array-backed: each side is a ladder of quantities indexed by price tick, so a
 level update is one store and the best price moves by a short scan only when
 the best level empties. The window re-centres (doubling if needed) when a price
-falls outside it. Prices are int64 in 1e-8 units (engine.protocol), on a tick grid.
+falls outside it, up to 2**20 levels: a price farther from the book's levels is
+refused (BookError; decode_datagram drops its datagram as "price out of range", an
+ITCH message is dropped as "book refused the price"). Unbounded, one far price made
+a window of gigabytes (issue 16). Prices are int64 in 1e-8 units (engine.protocol), on a tick grid.
 
 Crossed-book guard: when a new bid reaches the best ask (or a new ask the best
 bid), the stale opposite levels are cleared, as a missed delete is the usual

@@ -20,6 +20,8 @@ the gateway's rules then use its own clock at the read.
   prefix may legitimately wait until the next trigger).
 - A message the protocol cannot frame or decode closes the connection
   (`malformed`): a byte stream cannot be re-synchronised.
+- A client that leaves (end of stream, or a reset: `resets`) with part of a message
+  sent and not the rest is counted (`disconnects_mid_message`); the part is dropped.
 - Fills of resting orders caused by the venue's feed (`matching.on_feed`, by
   whoever calls it) are sent to the connection: the gateway is the matching
   engine's `listener`.
@@ -140,7 +142,7 @@ class OrderGateway:
 
     # -- the loop ----------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> int:
-        """Wait up to timeout_s for the engine; handle what arrived. Returns messages handled."""
+        """Wait up to timeout_s for the engine; handle one read of what it sent. Returns messages handled."""
         handled = 0
         for key, mask in self._selector.select(timeout_s):
             conn = self._conn
@@ -160,9 +162,10 @@ class OrderGateway:
 
     def stats(self) -> dict[str, int]:
         """Counters of connections, messages (voids among them), malformed input, partial rules, slow consumers,
-        bytes."""
+        bytes, connections reset by the client and clients gone with a message half sent."""
         keys = ("connections", "disconnects", "refused", "messages", "voids", "session_messages", "malformed",
-                "partial_timeouts", "partial_penalised", "bytes", "unstamped_reads", "slow_consumer_disconnects")
+                "partial_timeouts", "partial_penalised", "bytes", "unstamped_reads", "slow_consumer_disconnects",
+                "resets", "disconnects_mid_message")
         return {key: self.counts[key] for key in keys}
 
     @property
@@ -223,22 +226,29 @@ class OrderGateway:
 
     # -- receiving ---------------------------------------------------------------------------
     def _read(self, conn: _Connection) -> int:
-        """Read until the socket has nothing more; returns messages handled."""
-        handled = 0
-        while self._conn is conn:
-            try:
-                got = recv_stamped(conn.sock, RECV_BYTES)
-            except OSError:
-                self._disconnect(conn)
-                break
-            if got is None:
-                break
-            data, rx_ns = got
-            if not data:
-                self._disconnect(conn)
-                break
-            handled += self._on_read(conn, data, rx_ns or 0)
-        return handled
+        """One read (at most RECV_BYTES) of what the socket holds; returns messages handled. What is left
+        waits for the next poll (the selector still reports it): reading until the socket was empty, a
+        client that sent faster than the venue handles held the loop for as long as it kept sending, and
+        the venue's other gateways and its feed waited (issue 16)."""
+        try:
+            got = recv_stamped(conn.sock, RECV_BYTES)
+        except OSError as exc:
+            self._left(conn, exc)
+            return 0
+        if got is None:
+            return 0
+        data, rx_ns = got
+        if not data:
+            self._left(conn)
+            return 0
+        return self._on_read(conn, data, rx_ns or 0)
+
+    def _left(self, conn: _Connection, error: OSError | None = None) -> None:
+        """The client closed the connection (or it failed: `error`); a message it had begun is counted, then
+        dropped."""
+        self.counts["resets"] += isinstance(error, ConnectionResetError)
+        self.counts["disconnects_mid_message"] += bool(conn.inbox)
+        self._disconnect(conn)
 
     def _on_read(self, conn: _Connection, data: bytes, rx_ns: int) -> int:
         seen_ns = rx_ns or time.time_ns()
@@ -327,8 +337,8 @@ class OrderGateway:
             del conn.outbox[:conn.sock.send(conn.outbox)]
         except BlockingIOError:
             pass
-        except OSError:
-            self._disconnect(conn)
+        except OSError as exc:
+            self._left(conn, exc)
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbox else 0)
         if self._selector.get_key(conn.sock).events != events:

@@ -35,6 +35,9 @@ REJECT_UNKNOWN_INSTRUMENT = 2
 REJECT_UNKNOWN_ORDER = 3          # cancel of an order that is not resting (never was, or done)
 REJECT_DUPLICATE_ID = 4           # client_order_id of an order still open
 REJECT_BAD_FIELD = 5              # side, time in force or price out of range
+REJECT_REASONS = {REJECT_BAD_QTY: "bad qty", REJECT_UNKNOWN_INSTRUMENT: "unknown instrument",
+                  REJECT_UNKNOWN_ORDER: "unknown order", REJECT_DUPLICATE_ID: "duplicate id",
+                  REJECT_BAD_FIELD: "bad field"}
 
 
 class VenueError(LabError):
@@ -183,6 +186,7 @@ class MatchingEngine:
         self.open: dict[int, _Order] = {}          # client_order_id -> resting order
         self.next_order_id, self.next_exec_id = first_order_id, 1
         self.counts: Counter[str] = Counter()
+        self.rejects: Counter[str] = Counter()     # by reason (REJECT_REASONS)
         self.listener: Callable[[list[Event]], None] | None = None   # gets the fills on_feed causes
 
     # -- the market --------------------------------------------------------------------------
@@ -246,6 +250,7 @@ class MatchingEngine:
         """Accept (ack, immediate fills, IOC remainder cancelled) or reject one order."""
         def reject(reason: int) -> list[Event]:
             self.counts["rejects"] += 1
+            self.rejects[REJECT_REASONS[reason]] += 1
             return [Event("reject", "new", client_order_id, client_order_id, 0, instrument, side, price, 0, 0,
                           0, qty, 0, reason, now_ns)]
         if qty <= 0:
@@ -285,6 +290,7 @@ class MatchingEngine:
         order = self.open.pop(orig_client_order_id, None)
         if order is None:
             self.counts["rejects"] += 1
+            self.rejects[REJECT_REASONS[REJECT_UNKNOWN_ORDER]] += 1
             return [Event("reject", "cancel", client_order_id, orig_client_order_id, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                           REJECT_UNKNOWN_ORDER, now_ns)]
         order.leaves = 0
@@ -294,6 +300,10 @@ class MatchingEngine:
     def cancel_all(self, now_ns: int) -> list[Event]:
         """Cancel every resting order (cancel on disconnect)."""
         return [event for cid in list(self.open) for event in self.cancel(cid, cid, now_ns)]
+
+    def rejects_by_reason(self) -> dict[str, int]:
+        """The requests rejected, by reason (REJECT_REASONS' names); they sum to stats()["rejects"]."""
+        return dict(self.rejects)
 
     def stats(self) -> dict[str, int]:
         """Counters: orders, rejects, cancels, fills and filled qty per side, orders resting."""
