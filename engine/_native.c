@@ -636,8 +636,11 @@ static PyObject *py_walk_mold(PyObject *self, PyObject *args) {
         for (Py_ssize_t i = 0; i < session; i++) printable &= header[i] >= 0x20 && header[i] < 0x7F;
         if (!printable) continue;
         int64_t count = (int64_t)header[count_at] << 8 | header[count_at + 1];
-        if (count == heartbeat) { heartbeats++; continue; }
-        if (count == end_of_session) { ends++; continue; }
+        if (count == heartbeat || count == end_of_session) {      /* no messages: any byte after the header */
+            if (count == heartbeat) heartbeats++; else ends++;
+            if (end - at > size) trailing++;
+            continue;
+        }
         uint64_t first = 0;
         for (int i = 0; i < 8; i++) first = first << 8 | header[seq_at + i];
         at += size;

@@ -135,6 +135,10 @@ def test_malformed_moldudp64_packets_are_counted_by_reason_and_never_fatal():
         found = itch50.PROTOCOL.messages(packet, [0], [len(packet)])
         assert found.problems[reason] == 1, reason
         assert sum(found.problems.values()) == 1 or reason == "zero_length_messages", (reason, found.problems)
+    for empty, kind in ((0, "heartbeats"), (0xFFFF, "end_of_session")):      # no messages, yet bytes after
+        packet = _mold(90, [], count=empty) + b"xy"
+        found = itch50.PROTOCOL.messages(packet, [0], [len(packet)])
+        assert {k: v for k, v in found.problems.items() if v} == {kind: 1, "bytes_after_messages": 1}
     ok = _mold(80, [add, add])
     found = itch50.PROTOCOL.messages(ok + cases["message_past_datagram"], [0, len(ok)],
                                      [len(ok), len(cases["message_past_datagram"])])
