@@ -5,6 +5,14 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import settings
+
+# Property tests (tests/properties) run the same examples on every run, and write no example
+# database into the tree; HYPOTHESIS_PROFILE=explore draws new ones each run to hunt for bugs
+# (with PROPERTY_EXAMPLES=N, N times as many: tests/properties/wire_mutations.py).
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", derandomize=False, database=None, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -356,8 +356,8 @@ def decode_fix(buf) -> NewOrderSingle | OrderCancelRequest | ExecutionReport:
 
 
 def _parse_value(field: FixField, value: bytes, offset: int):
-    if field.kind == "str":
-        return value.decode("ascii", errors="replace")
+    if field.kind == "str" and value.isascii():     # the encoder writes ASCII alone: others are not valid
+        return value.decode("ascii")
     if field.kind == "int" and value.isdigit():
         return int(value)
     if field.kind == "price":
@@ -488,7 +488,9 @@ def frame_fix_stream(stream, start: int = 0) -> StreamFrames:
     data = as_bytes_array(stream)
     size = data.size
     pattern = np.frombuffer(_STREAM_START, np.uint8)
-    head = np.flatnonzero(data[start:size - pattern.size + 1] == pattern[0]) + start
+    # a start needs the whole pattern before the end (a shorter stream has none: a negative stop would
+    # wrap to count from the end, and the pattern's later bytes would be read past it)
+    head = np.flatnonzero(data[start:max(size - pattern.size + 1, start)] == pattern[0]) + start
     for i in range(1, pattern.size):
         byte = data[head + i]
         head = head[(byte >= ord("0")) & (byte <= ord("9")) if i == _VERSION_AT else byte == pattern[i]]

@@ -169,6 +169,12 @@ class Itch50MarketData(MdProtocol):
     def decode(self, payload) -> list:
         """A packet's messages as (seq, type letter, record) with the record a numpy row of
         its layout; ProtocolError if the packet is not a whole MoldUDP64 packet."""
+        if len(payload) < MOLD_HEADER.size:          # frame_packets passes over what is not MoldUDP64
+            raise ProtocolError(f"MoldUDP64 packet of {len(payload)} bytes is shorter than its "
+                                f"{MOLD_HEADER.size}-byte header", 0)
+        session = bytes(payload[:MOLD_HEADER.offset("sequence")])
+        if not all(0x20 <= byte < 0x7F for byte in session):
+            raise ProtocolError(f"MoldUDP64 session {session!r} is not printable ASCII", 0)
         found = frame_packets(payload, [0], [len(payload)])
         bad = {k: v for k, v in found.problems.items() if v and k not in ("heartbeats", "end_of_session")}
         if bad:
