@@ -5,8 +5,8 @@ import sys
 
 
 class ProgressBar:
-    """`with ProgressBar(total, unit, desc) as update:` gives update(position), or None when
-    stderr is not a terminal (pipes and CI stay quiet)."""
+    """`with ProgressBar(total, unit, desc) as update:` gives update(position, packets=None), or None
+    when stderr is not a terminal (pipes and CI stay quiet). tqdm shows the rate and the ETA."""
 
     def __init__(self, total: int | None, unit: str, desc: str, unit_scale: bool = False):
         self.bar = None
@@ -17,7 +17,13 @@ class ProgressBar:
     def __enter__(self):
         if self.bar is None:
             return None
-        return lambda position: self.bar.update(position - self.bar.n)
+        return self._update
+
+    def _update(self, position: int, packets: int | None = None) -> None:
+        """Move the bar to `position`; `packets`, when given, shows beside it."""
+        if packets is not None:
+            self.bar.set_postfix_str(f"{packets:,} packets", refresh=False)
+        self.bar.update(position - self.bar.n)
 
     def __exit__(self, *exc):
         if self.bar is not None:

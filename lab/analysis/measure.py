@@ -50,7 +50,8 @@ from lab.analysis.decode import MD_LAYOUT, OK, PROTO_TCP, PROTO_UDP, SYN, Worksp
 from lab.analysis.flows import SEGMENT_COLUMNS, OrderFlows, concat
 from lab.analysis.gather import gather_ragged
 from lab.analysis.match import AUTO, MD_COLUMNS, NEAREST, TRIGGER, MatchMode, MdWindow
-from lab.capture import NO_TIMESTAMP, open_capture
+from lab.capture import NO_TIMESTAMP
+from lab.capture.archive import FileReport, open_captures
 from lab.capture.records import INBOUND
 from lab.capture.trailers import restamp_from_trailers
 from lab.errors import LabError
@@ -102,7 +103,7 @@ class MeasureOptions:
     epoch_packets: int = 1 << 21        # packets per part: orders are framed and matched part by part
     match_window_ns: int = 10**9        # how long an MD message stays matchable across parts
     listed: int = 100                   # misses and duplicates kept for listing, per kind (all are counted)
-    progress: Callable[[int], None] | None = None   # called with the bytes read so far
+    progress: Callable[[int, int], None] | None = None   # called with the bytes and packets read so far
     per_trigger_sink: Callable[[dict[str, np.ndarray]], None] | None = None
     # given a sink, each part's per-trigger rows go to it and only tick_to_trade_ns is kept
 
@@ -129,6 +130,9 @@ class Measurement:
     carried_peak: dict[str, int]       # most MD rows and order payload bytes held from one part to the next
     protocols: dict                    # the MD protocol and the order protocols measured, by name
     md_problems: dict[str, int]        # what the MD protocol could not use, by reason
+    files: list[FileReport] | None = None   # several files read as one: each file, in argument order
+    warnings: list[str] = field(default_factory=list)   # one line per file skipped or damaged
+    bytes_read: int = 0                # bytes walked over all files
 
 
 def per_trigger_columns(line_rate_bps: int | None) -> tuple[str, ...]:
@@ -137,6 +141,8 @@ def per_trigger_columns(line_rate_bps: int | None) -> tuple[str, ...]:
 
 
 def measure(path, options: MeasureOptions | None = None) -> Measurement:
+    """path: a capture file, or several paths (files, directories, globs; lab.capture.archive)
+    read as one capture merged by timestamp as mergecap merges them."""
     options = options or MeasureOptions()
     convention.check(options.convention, options.line_rate_bps)
     if options.trailer and options.convention != convention.HARDWARE:
@@ -145,31 +151,32 @@ def measure(path, options: MeasureOptions | None = None) -> Measurement:
         raise MeasureError("epoch_packets must be >= 1 and match_window_ns >= 0")
     collector = _Collector(options)
     results = _Results(options)
-    with open_capture(path) as capture:
-        for batch in read_ahead(capture.batches(options.batch_packets, release=False)):
-            if options.trailer:
-                batch = restamp_from_trailers(batch, options.trailer)
-            collector.add(batch, [interface.linktype for interface in capture.interfaces],
-                          _interfaces_named(capture.interfaces, options.interface))
-            capture.release_before(int(batch.offset[-1]))
+    with open_captures(path) as captures:
+        for batch in read_ahead(captures.batches(options.batch_packets, release=False)):
+            stamped = restamp_from_trailers(batch, options.trailer) if options.trailer else batch
+            collector.add(stamped, [interface.linktype for interface in captures.interfaces],
+                          _interfaces_named(captures.interfaces, options.interface))
+            captures.release(batch)
             if collector.pending >= options.epoch_packets:
                 results.add(*collector.take(), final=False)
             if options.progress:
-                options.progress(capture.position)
+                options.progress(captures.position, collector.packets)
         results.add(*collector.take(), final=True)
-        if options.interface is not None and not _interfaces_named(capture.interfaces, options.interface):
-            names = ", ".join(sorted({str(i.name) for i in capture.interfaces}))
-            raise MeasureError(f"{path}: no interface named {options.interface!r} (interfaces: {names})")
+        if options.interface is not None and not _interfaces_named(captures.interfaces, options.interface):
+            names = ", ".join(sorted({str(i.name) for i in captures.interfaces}))
+            raise MeasureError(f"{captures.label}: no interface named {options.interface!r} (interfaces: {names})")
         if options.trailer and "no timestamp" in collector.undecoded:   # the capture's own stamps are unused
             collector.undecoded["no valid trailer"] = collector.undecoded.pop("no timestamp")
         return Measurement(
-            path=str(path), format=capture.format, packets=collector.packets, interfaces=list(capture.interfaces),
-            options=replace(options, match=results.mode), counts=results.counts, misses=results.misses,
-            per_trigger=results.per_trigger(), undecoded=collector.undecoded, tcp=results.flows.figures(),
-            damage=list(capture.damage), non_monotonic=capture.non_monotonic, parts=results.parts,
+            path=captures.label, format=captures.format, packets=collector.packets,
+            interfaces=list(captures.interfaces), options=replace(options, match=results.mode),
+            counts=results.counts, misses=results.misses, per_trigger=results.per_trigger(),
+            undecoded=collector.undecoded, tcp=results.flows.figures(), damage=list(captures.damage),
+            non_monotonic=captures.non_monotonic, parts=results.parts,
             carried_peak={"md_rows": results.window_peak, "order_bytes": results.flows.carried_peak},
             protocols={"md": collector.md.name if collector.md else None, "orders": results.flows.protocols()},
-            md_problems=collector.md_problems)
+            md_problems=collector.md_problems, files=None if captures.single else captures.reports,
+            warnings=list(captures.warnings), bytes_read=captures.position)
 
 
 def _interfaces_named(interfaces, name: str | None) -> list[int] | None:

@@ -1,9 +1,10 @@
-"""`lab measure --pcap FILE`: tick-to-trade per trigger, from any capture."""
+"""`lab measure --pcap PATH...`: tick-to-trade per trigger, from any capture (or many files read as one)."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from lab.analysis.measure import (
     trigger_links,
 )
 from lab.analysis.plots import write_plot
+from lab.capture.archive import file_bytes_of, first_path, set_skipped_report
 from lab.capture.records import skipped_report
 from lab.percentiles import SUMMARY_KEYS, summarize
 from lab.progress import ProgressBar
@@ -31,6 +33,7 @@ from lab.table import render
 from simulator.units import UnitError, format_rate, parse_duration, parse_rate
 
 LISTED = 100   # misses and duplicates listed in the JSON (all are counted)
+LISTED_FILES = 5   # files named in the table output of a set (the JSON lists all)
 
 
 def _argument(parse):
@@ -51,7 +54,9 @@ def register(sub):
                     "message that triggered it and report tick-to-trade: the order's first bit at the tap (the first frame "
                     "carrying any of its bytes) minus t_MD, the MD frame's first bit at the tap. Each order's "
                     "last-byte time (which sets its priority at the arbiter) is reported beside it.")
-    p.add_argument("--pcap", required=True, metavar="FILE", help="pcap or pcapng capture")
+    p.add_argument("--pcap", required=True, nargs="+", metavar="PATH",
+                   help="pcap or pcapng capture; several files, directories (their files) and globs are read as "
+                        "one capture, merged by timestamp as `mergecap -w out.pcapng FILES` merges them")
     p.add_argument("--trailer", choices=("expcap", "metamako"),
                    help="take each frame's stamp from a timing card's trailer (exact-capture's expcap "
                         "footer or the Arista/Metamako trailer) instead of the capture's own")
@@ -94,7 +99,8 @@ def register(sub):
 
 def run(args) -> int:
     convention.check(args.convention, args.line_rate)
-    info = read_run_info(args.pcap)
+    paths = args.pcap[0] if len(args.pcap) == 1 else args.pcap
+    info = read_run_info(first_path(paths))
     links = trigger_links(args.telemetry) if args.telemetry else None
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ExportError(f"--plot {args.plot}: the plot is written as PNG; name the file *.png")
@@ -116,35 +122,31 @@ def run(args) -> int:
             kept.append(rows)
 
     try:
-        with ProgressBar(_file_size(args.pcap), "B", "lab measure", unit_scale=True) as progress:
+        with ProgressBar(file_bytes_of(paths), "B", "lab measure", unit_scale=True) as progress:
             options.progress = progress
             options.per_trigger_sink = write_rows
-            result = measure(args.pcap, options)
+            result = measure(paths, options)
     finally:
         for table in tables:
             table.close()
+    for warning in result.warnings:
+        print(f"lab measure: warning: {warning}", file=sys.stderr)
     latency = result.per_trigger["tick_to_trade_ns"]
     if args.hgrm:
         write_hgrm(args.hgrm, latency)
     if args.plot:
-        write_plot(args.plot, latency, f"tick-to-trade, {os.path.basename(args.pcap)} "
+        title = os.path.basename(result.path) if result.files is None else f"{len(result.files)} files"
+        write_plot(args.plot, latency, f"tick-to-trade, {title} "
                                        f"({len(latency)} triggers, {_convention_text(result)})")
     document = to_json(result)
     if args.telemetry and info is not None:
         host = {name: np.concatenate([rows[name] for rows in kept]) for name in kept[0]} if kept else None
-        document.update(measure_run(args.pcap, args.telemetry, host, options).figures)
+        document.update(measure_run(paths, args.telemetry, host, options).figures)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
         print(to_text(result, document, args))
     return 0
-
-
-def _file_size(path) -> int | None:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return None
 
 
 def _convention_text(result: Measurement) -> str:
@@ -189,8 +191,27 @@ def to_json(result: Measurement) -> dict:
         "non_monotonic": result.non_monotonic,
         "parts": result.parts,
     }
-    if result.damage:
+    if result.files is not None:            # several files read as one
+        document["files"] = [file_json(report) for report in result.files]
+        document["bytes_read"] = result.bytes_read
+        document["warnings"] = result.warnings
+        lost = set_skipped_report(result.files)
+        if lost:
+            document["skipped"] = lost
+    elif result.damage:
         document["skipped"] = skipped_report(result.damage)
+    return document
+
+
+def file_json(report) -> dict:
+    """One file of a set: what was read from it, or why it was skipped."""
+    if report.error is not None:
+        return {"file": report.path, "error": report.error, "file_bytes": report.file_bytes}
+    document = {"file": report.path, "format": report.format, "packets": report.packets,
+                "first_ts_ns": report.first_ts_ns, "last_ts_ns": report.last_ts_ns,
+                "file_bytes": report.file_bytes, "bytes_read": report.bytes_read}
+    if report.damage:
+        document["skipped"] = skipped_report(report.damage)
     return document
 
 
@@ -217,10 +238,18 @@ def to_text(result: Measurement, document: dict, args) -> str:
         lines.append("not decoded: " + ", ".join(f"{k} {v}" for k, v in document["undecoded"].items()))
     for error in document["tcp"]["framing_errors"]:
         lines.append(f"flow {error['flow']}: framing stopped at byte {error['offset']}: {error['error']}")
+    if "files" in document:
+        read = [f for f in document["files"] if "error" not in f]
+        more = f", and {len(read) - LISTED_FILES} more" if len(read) > LISTED_FILES else ""
+        lines.append(f"files: {len(read)} read of {len(document['files'])}, {document['bytes_read']} bytes: "
+                     + ", ".join(f"{f['file']} ({f['packets']} packets)" for f in read[:LISTED_FILES]) + more)
     if "skipped" in document:
         skipped = document["skipped"]
-        lines.append(f"damaged file: skipped {skipped['bytes']} bytes, {skipped['records']} records: "
-                     + "; ".join(f"{r['reason']} at byte {r['at_offset']}" for r in skipped["reasons"]))
+        parts = [f"{f['error']} (file skipped)" for f in skipped.get("files_skipped", ())]
+        parts += [(f"{r['file']}: " if "file" in r else "") + f"{r['reason']} at byte {r['at_offset']}"
+                  for r in skipped["reasons"]]
+        what = "not read:" if "files" in document else "damaged file: skipped"
+        lines.append(f"{what} {skipped['bytes']} bytes, {skipped['records']} records: " + "; ".join(parts))
     if "implied_tick_to_trade_ns" in document:
         implied_summary = document["implied_tick_to_trade_ns"]
         lines += ["", f"implied tick-to-trade (ns), {document['scenario']}, {document['telemetry']['strategy']}",

@@ -32,6 +32,7 @@ import numpy as np
 from engine.clock import Calibration
 from lab.analysis.correlation import causality, envelope, run_calibration
 from lab.analysis.measure import MeasureError, MeasureOptions, links_of, measure, read_telemetry_file
+from lab.capture.archive import first_path
 from lab.percentiles import summarize
 from lab.run.runinfo import read_run_info
 from lab.run.taps import EXCHANGE_TAP, HOST_TAP, HostLink
@@ -108,7 +109,7 @@ class RunMeasurement:
 
 def measure_run(pcap, telemetry, host: dict | None = None, options: MeasureOptions | None = None) -> RunMeasurement:
     """host: the host tap's per-trigger columns when the caller has measured it already."""
-    info = read_run_info(pcap)
+    info = read_run_info(first_path(pcap))     # several files: the first one's run info
     if info is None:
         raise MeasureError(f"{pcap}: not a capture written by lab run (no run info); --telemetry needs one")
     orders, _engine_calibration, meta = read_telemetry_file(telemetry)
