@@ -227,7 +227,8 @@ def test_an_engine_that_dies_mid_run_is_one_line_exit_2_and_nothing_is_left(tmp_
     while not [p for p in Path("/dev/shm").glob(f"wirelab-{marker}.md")] and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)                                # connected and trading
-    engine = subprocess.run(["pgrep", "-f", "wirelab-run-.*/engine.toml"], capture_output=True, text=True)
+    # this run's engine only (its config lies in the run's own folder): never another job's
+    engine = subprocess.run(["pgrep", "-f", f"wirelab-run-{proc.pid}-.*/engine.toml"], capture_output=True, text=True)
     pids = [int(p) for p in engine.stdout.split()]
     assert pids, "the engine process was not found"
     for pid in pids:
