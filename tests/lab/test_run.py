@@ -20,13 +20,26 @@ needs_root = pytest.mark.skipif(not ROOT, reason="lab run captures on lo with AF
 MESSAGES = 60
 
 
+STARTED_RUNS: list[int] = []     # pids of the `lab run`s these tests started
+
+
 def lab(*args, timeout=120, **kwargs):
-    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, timeout=timeout,
-                          **kwargs)
+    with subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, **kwargs) as proc:
+        if args[:1] == ("run",):
+            STARTED_RUNS.append(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def leftovers(pid_marker: str = "lab-run-") -> list[str]:
-    return [p.name for p in Path("/dev/shm").glob(f"wirelab-{pid_marker}*")]
+def leftovers(pid_marker: str | None = None) -> list[str]:
+    """/dev/shm entries of this module's runs (or of the one pid marker given), never another job's."""
+    markers = [pid_marker] if pid_marker else [f"lab-run-{pid}." for pid in STARTED_RUNS]
+    return [p.name for marker in markers for p in Path("/dev/shm").glob(f"wirelab-{marker}*")]
 
 
 def krx_baseline_path_ns(l3_bytes: int) -> int:
@@ -159,10 +172,11 @@ def test_tshark_reads_the_run_without_warnings_and_names_the_taps(runs, tshark_f
 
 @needs_root
 def test_nothing_is_left_running(runs):
-    assert leftovers() == []
-    children = subprocess.run(["pgrep", "-f", "-a", "python -m engine --config /tmp/wirelab-run-"],
-                              capture_output=True, text=True).stdout
-    assert children.strip() == ""
+    assert STARTED_RUNS and leftovers() == []
+    for pid in STARTED_RUNS:
+        children = subprocess.run(["pgrep", "-f", "-a", f"python -m engine --config /tmp/wirelab-run-{pid}-"],
+                                  capture_output=True, text=True).stdout
+        assert children.strip() == ""
 
 
 def test_unknown_scenario_and_strategy_are_one_line_exit_2(tmp_path):
