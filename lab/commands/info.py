@@ -141,10 +141,7 @@ def run(args) -> int:
             for key in ("format", "packets", "first_ts_ns", "last_ts_ns", "duration_ns", "bytes",
                         "wire_bytes", "file_bytes", "non_monotonic", "missing_ts")]
     lines = [document["file"], "", render(["", "value"], rows), ""]
-    lines.append(render(["interface", "linktype", "tsresol", "snaplen", "packets", "name", "description"],
-                        [[i["index"], f"{i['linktype']} ({i['linktype_name']})", i["tsresol"], i["snaplen"],
-                          i["packets"], i["name"] or "-", i["description"] or "-"] for i in document["interfaces"]],
-                        align="rlrrrll"))
+    lines.append(_interface_table(document["interfaces"]))
     if "skipped" in document:
         skipped = document["skipped"]
         lines.append("")
@@ -152,6 +149,13 @@ def run(args) -> int:
         lines += [f"  {r['reason']} at byte {r['at_offset']}" for r in skipped["reasons"]]
     print("\n".join(lines))
     return 0
+
+
+def _interface_table(interfaces: list[dict]) -> str:
+    return render(["interface", "linktype", "tsresol", "snaplen", "packets", "name", "description"],
+                  [[i["index"], f"{i['linktype']} ({i['linktype_name']})", i["tsresol"], i["snaplen"],
+                    i["packets"], i["name"] or "-", i["description"] or "-"] for i in interfaces],
+                  align="rlrrrll")
 
 
 def _run_many(args) -> int:
@@ -171,10 +175,7 @@ def _run_many(args) -> int:
                     align="llrrrrrl"), "",
              f"duration ns {document['duration_ns']}, wire bytes {document['wire_bytes']}, "
              f"missing ts {document['missing_ts']}", ""]
-    lines.append(render(["interface", "linktype", "tsresol", "snaplen", "packets", "name", "description"],
-                        [[i["index"], f"{i['linktype']} ({i['linktype_name']})", i["tsresol"], i["snaplen"],
-                          i["packets"], i["name"] or "-", i["description"] or "-"] for i in document["interfaces"]],
-                        align="rlrrrll"))
+    lines.append(_interface_table(document["interfaces"]))
     if "skipped" in document:
         skipped = document["skipped"]
         lines += ["", f"not read: {skipped['bytes']} bytes, {skipped['records']} records"]
